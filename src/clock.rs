@@ -1,0 +1,24 @@
+//! The one seam through which the crate reads time.
+
+use std::fmt;
+use std::time::Instant;
+
+/// A monotonic clock. Token deadlines are computed from it.
+///
+/// The default is [`SystemClock`]. Tests swap in a clock they move by hand (see
+/// `iqm_auth::testing::ManualClock` with the `test-util` feature) to check expiry without
+/// sleeping.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// The current instant. Must never go backwards.
+    fn now(&self) -> Instant;
+}
+
+/// The real monotonic clock, [`Instant::now`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}

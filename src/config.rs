@@ -1,0 +1,373 @@
+//! Building an [`IqmAuth`]: the builder, its defaults, validation and the environment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use reqwest::Url;
+
+use crate::IqmAuth;
+use crate::clock::{Clock, SystemClock};
+use crate::error::ConfigError;
+use crate::secret::Secret;
+
+/// IQM's production API.
+pub const DEFAULT_BASE_URL: &str = "https://api.iqm.com";
+/// How long before `expires_in` runs out a token is renewed, unless set otherwise. Clamped to a
+/// quarter of the token's lifetime for short-lived tokens.
+pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// How long one login, refresh, logout or sign-up call may take, independent of the timeouts of
+/// the requests being authenticated.
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The environment variables [`IqmAuth::from_env`] reads; `IQM_BASE_URL` is optional.
+pub const ENV_VARS: [&str; 6] = [
+    "IQM_BASE_URL",
+    "IQM_CLIENT_ID",
+    "IQM_CLIENT_SECRET",
+    "IQM_WORKSPACE_HOST",
+    "IQM_EMAIL",
+    "IQM_PASSWORD",
+];
+
+/// Builds an [`IqmAuth`]. Setters never fail; [`build`](Self::build) checks everything at once.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let auth = iqm_auth::IqmAuth::builder()
+///     .client_credentials("client-id", "client-secret")
+///     .workspace_host("acme.iqm.com")
+///     .credentials("ops@acme.com", "password")
+///     .refresh_margin(Duration::from_secs(120))
+///     .build()?;
+/// # let _ = auth;
+/// # Ok::<(), iqm_auth::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct IqmAuthBuilder {
+    base_url: String,
+    client_id: String,
+    client_secret: Secret,
+    workspace_host: String,
+    email: String,
+    password: Secret,
+    refresh_margin: Duration,
+    auth_timeout: Duration,
+    replay_unauthorized: bool,
+    background_renewal: bool,
+    clock: Arc<dyn Clock>,
+    http_client: Option<reqwest::Client>,
+}
+
+impl Default for IqmAuthBuilder {
+    fn default() -> Self {
+        Self {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            client_id: String::new(),
+            client_secret: Secret::new(""),
+            workspace_host: String::new(),
+            email: String::new(),
+            password: Secret::new(""),
+            refresh_margin: DEFAULT_REFRESH_MARGIN,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            replay_unauthorized: true,
+            background_renewal: true,
+            clock: Arc::new(SystemClock),
+            http_client: None,
+        }
+    }
+}
+
+impl IqmAuthBuilder {
+    /// The API's base URL; [`DEFAULT_BASE_URL`] if not set. Requests whose scheme, host and port
+    /// equal this URL's are authenticated; all others pass through untouched.
+    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = base_url.into();
+        self
+    }
+
+    /// The client id and client secret IQM support issued, sent as HTTP Basic auth on login and
+    /// token calls.
+    pub fn client_credentials(
+        mut self,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        self.client_id = client_id.into();
+        self.client_secret = Secret::new(client_secret);
+        self
+    }
+
+    /// The workspace host, e.g. `acme.iqm.com`, sent as `X-IAA-HOST` on login.
+    pub fn workspace_host(mut self, host: impl Into<String>) -> Self {
+        self.workspace_host = host.into();
+        self
+    }
+
+    /// The user that logs in.
+    pub fn credentials(mut self, email: impl Into<String>, password: impl Into<String>) -> Self {
+        self.email = email.into();
+        self.password = Secret::new(password);
+        self
+    }
+
+    /// How long before expiry a token is renewed; [`DEFAULT_REFRESH_MARGIN`] if not set. Never
+    /// more than a quarter of the token's lifetime, so short-lived tokens are still reused.
+    pub fn refresh_margin(mut self, margin: Duration) -> Self {
+        self.refresh_margin = margin;
+        self
+    }
+
+    /// The timeout of each call to IQM's auth endpoints; [`DEFAULT_AUTH_TIMEOUT`] if not set.
+    pub fn auth_timeout(mut self, timeout: Duration) -> Self {
+        self.auth_timeout = timeout;
+        self
+    }
+
+    /// Whether a request that IQM answers with 401 is replayed once with a renewed token (the
+    /// default). Switching it off saves the copy of each request kept for the replay; a 401 then
+    /// still renews the token for the next request, and is handed back as it is.
+    pub fn replay_unauthorized(mut self, replay: bool) -> Self {
+        self.replay_unauthorized = replay;
+        self
+    }
+
+    /// Whether a background task renews a token that is in use before it expires (the default),
+    /// so that no request waits for a renewal in steady state. Without it a request that finds
+    /// the token close to expiry starts the renewal, and one that finds it expired waits for it.
+    pub fn background_renewal(mut self, enabled: bool) -> Self {
+        self.background_renewal = enabled;
+        self
+    }
+
+    /// The clock deadlines are computed with; the system's monotonic clock if not set.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The `reqwest::Client` used for the auth calls themselves (proxy, TLS roots). It should not
+    /// follow redirects: the default one does not. Not the client requests go through.
+    pub fn auth_http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Checks the settings and builds the middleware. Sends nothing.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first setting that is missing, blank or malformed.
+    pub fn build(self) -> Result<IqmAuth, ConfigError> {
+        let base = parse_base_url(&self.base_url)?;
+        require("client id", self.client_id.trim().is_empty())?;
+        require("client secret", self.client_secret.is_blank())?;
+        require("workspace host", self.workspace_host.trim().is_empty())?;
+        require("email", self.email.trim().is_empty())?;
+        require("password", self.password.is_blank())?;
+        let workspace_host = HeaderValue::from_str(self.workspace_host.trim())
+            .map_err(|_| ConfigError::InvalidWorkspaceHost(self.workspace_host.clone()))?;
+        let http = match self.http_client {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| ConfigError::HttpClient(e.to_string()))?,
+        };
+        IqmAuth::new(Config {
+            base,
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            workspace_host,
+            email: self.email,
+            password: self.password,
+            refresh_margin: self.refresh_margin,
+            auth_timeout: self.auth_timeout,
+            replay_unauthorized: self.replay_unauthorized,
+            background_renewal: self.background_renewal,
+            clock: self.clock,
+            http,
+        })
+    }
+
+    /// A builder filled from the `IQM_*` environment variables (see [`IqmAuth::from_env`]).
+    ///
+    /// # Errors
+    /// [`ConfigError::MissingEnv`] listing every required variable that is unset or empty.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let [base_var, required @ ..] = ENV_VARS;
+        let missing: Vec<&'static str> =
+            required.into_iter().filter(|n| get(n).is_none()).collect();
+        if !missing.is_empty() {
+            return Err(ConfigError::MissingEnv(missing));
+        }
+        let value = |name: &str| get(name).unwrap_or_default();
+        let mut builder = Self::default()
+            .client_credentials(value("IQM_CLIENT_ID"), value("IQM_CLIENT_SECRET"))
+            .workspace_host(value("IQM_WORKSPACE_HOST"))
+            .credentials(value("IQM_EMAIL"), value("IQM_PASSWORD"));
+        if let Some(base) = get(base_var) {
+            builder = builder.base_url(base);
+        }
+        Ok(builder)
+    }
+}
+
+fn require(what: &'static str, blank: bool) -> Result<(), ConfigError> {
+    if blank {
+        Err(ConfigError::Missing(what))
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_base_url(raw: &str) -> Result<Url, ConfigError> {
+    let invalid = |problem: &str| ConfigError::InvalidBaseUrl {
+        url: raw.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let mut url = Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("it must not carry credentials"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must not have a query or fragment"));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Settings after validation.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) base: Url,
+    pub(crate) client_id: String,
+    pub(crate) client_secret: Secret,
+    pub(crate) workspace_host: HeaderValue,
+    pub(crate) email: String,
+    pub(crate) password: Secret,
+    pub(crate) refresh_margin: Duration,
+    pub(crate) auth_timeout: Duration,
+    pub(crate) replay_unauthorized: bool,
+    pub(crate) background_renewal: bool,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) http: reqwest::Client,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete() -> IqmAuthBuilder {
+        IqmAuth::builder()
+            .client_credentials("id", "secret")
+            .workspace_host("acme.iqm.com")
+            .credentials("a@b.c", "pw")
+    }
+
+    #[test]
+    fn a_complete_builder_builds_with_the_default_base_url() {
+        assert!(complete().build().is_ok());
+    }
+
+    #[test]
+    fn each_missing_or_blank_field_is_named() {
+        let cases = [
+            (complete().client_credentials("", "s"), "client id"),
+            (complete().client_credentials("i", " "), "client secret"),
+            (complete().workspace_host(""), "workspace host"),
+            (complete().credentials("", "pw"), "email"),
+            (complete().credentials("a@b.c", ""), "password"),
+        ];
+        for (builder, field) in cases {
+            assert_eq!(builder.build().unwrap_err(), ConfigError::Missing(field));
+        }
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused_with_the_reason() {
+        for (url, reason) in [
+            ("not a url", "relative URL"),
+            ("ftp://api.iqm.com", "scheme"),
+            ("https://user:pw@api.iqm.com", "credentials"),
+            ("https://api.iqm.com/?x=1", "query"),
+        ] {
+            match complete().base_url(url).build() {
+                Err(ConfigError::InvalidBaseUrl { problem, .. }) => {
+                    assert!(problem.contains(reason), "{url}: {problem}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_base_path_gets_a_trailing_slash_so_endpoints_join_below_it() {
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:8080/iqm")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:8080/iqm/"
+        );
+    }
+
+    #[test]
+    fn from_env_names_every_missing_variable() {
+        let err =
+            IqmAuthBuilder::from_lookup(|name| (name == "IQM_CLIENT_ID").then(|| "id".to_owned()))
+                .unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::MissingEnv(vec![
+                "IQM_CLIENT_SECRET",
+                "IQM_WORKSPACE_HOST",
+                "IQM_EMAIL",
+                "IQM_PASSWORD"
+            ])
+        );
+        assert_eq!(
+            err.to_string(),
+            "missing environment variables: IQM_CLIENT_SECRET, IQM_WORKSPACE_HOST, IQM_EMAIL, \
+             IQM_PASSWORD"
+        );
+    }
+
+    #[test]
+    fn from_env_reads_every_variable() {
+        let builder = IqmAuthBuilder::from_lookup(|name| Some(format!("{name}-value")))
+            .map(|b| b.base_url("http://127.0.0.1:1"));
+        let debug = format!("{:?}", builder.unwrap());
+        assert!(debug.contains("IQM_CLIENT_ID-value"));
+        assert!(!debug.contains("IQM_PASSWORD-value"), "{debug}");
+        assert!(!debug.contains("IQM_CLIENT_SECRET-value"), "{debug}");
+    }
+
+    #[test]
+    fn the_builders_debug_redacts_secrets() {
+        let debug = format!(
+            "{:?}",
+            complete()
+                .client_credentials("id", "the-secret")
+                .credentials("e", "the-password")
+        );
+        assert!(
+            !debug.contains("the-secret") && !debug.contains("the-password"),
+            "{debug}"
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! The crate's error types.
+
+use std::fmt;
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+
+/// Which of IQM's auth endpoints a call went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthEndpoint {
+    /// `POST /api/v3/ua/login`
+    Login,
+    /// `POST /api/v3/ua/oauth/token` with the refresh-token grant.
+    Refresh,
+    /// `POST /api/v3/ua/logout`
+    Logout,
+    /// `POST /api/v3/ua/sign-up`
+    SignUp,
+}
+
+impl fmt::Display for AuthEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Login => "login",
+            Self::Refresh => "token refresh",
+            Self::Logout => "logout",
+            Self::SignUp => "sign-up",
+        })
+    }
+}
+
+/// One entry of IQM's `errorObjects` (or of a plain OAuth error body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IqmMessage {
+    /// IQM's message, e.g. `User doesn't exist or user is not allowed to provided workspace.`
+    pub error: String,
+    /// IQM's optional explanation.
+    pub reason: Option<String>,
+    /// The request field the message is about, when IQM names one.
+    pub field: Option<String>,
+}
+
+impl fmt::Display for IqmMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error)?;
+        if let Some(field) = &self.field {
+            write!(f, " [field: {field}]")?;
+        }
+        if let Some(reason) = &self.reason {
+            write!(f, " ({reason})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a token could not be obtained or an auth call failed.
+///
+/// Requests sent through the middleware return it inside
+/// [`reqwest_middleware::Error::Middleware`]; get it back with `downcast_ref`:
+///
+/// ```
+/// # fn check(err: reqwest_middleware::Error) {
+/// if let reqwest_middleware::Error::Middleware(inner) = &err {
+///     if let Some(auth) = inner.downcast_ref::<iqm_auth::AuthError>() {
+///         eprintln!("IQM auth failed: {auth} (status {:?})", auth.status());
+///     }
+/// }
+/// # }
+/// ```
+///
+/// No variant ever holds a password, client secret or token.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// IQM answered and said no: a non-2xx status, or `"success": false`.
+    #[error("IQM rejected the {endpoint} call ({status}){}", MessageList(.messages))]
+    Rejected {
+        /// The endpoint that refused.
+        endpoint: AuthEndpoint,
+        /// The HTTP status IQM answered with.
+        status: StatusCode,
+        /// IQM's own messages, in the order it gave them.
+        messages: Vec<IqmMessage>,
+    },
+    /// The call did not complete: connect error, reset, timeout.
+    #[error("the IQM {endpoint} call failed: {}", describe_transport(.source))]
+    Transport {
+        /// The endpoint that was called.
+        endpoint: AuthEndpoint,
+        /// What reqwest reported.
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+    /// IQM answered with a success status but a body this crate cannot use: not JSON,
+    /// truncated, too large, or missing a field such as `access_token` or `owId`.
+    #[error("IQM answered the {endpoint} call ({status}) with an unusable body: {problem}")]
+    InvalidResponse {
+        /// The endpoint that answered.
+        endpoint: AuthEndpoint,
+        /// The HTTP status it answered with.
+        status: StatusCode,
+        /// What is wrong with the body (never the body itself).
+        problem: String,
+    },
+    /// The task obtaining a token stopped before it finished, for example because the runtime
+    /// is shutting down.
+    #[error("the IQM token renewal stopped before it finished")]
+    Interrupted,
+}
+
+impl AuthError {
+    /// The HTTP status IQM answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Rejected { status, .. } | Self::InvalidResponse { status, .. } => Some(*status),
+            Self::Transport { source, .. } => source.status(),
+            Self::Interrupted => None,
+        }
+    }
+
+    /// IQM's own messages (`errorObjects`), empty when it gave none.
+    pub fn iqm_messages(&self) -> &[IqmMessage] {
+        match self {
+            Self::Rejected { messages, .. } => messages,
+            _ => &[],
+        }
+    }
+
+    /// The endpoint involved, if the error came from a call to IQM.
+    pub fn endpoint(&self) -> Option<AuthEndpoint> {
+        match self {
+            Self::Rejected { endpoint, .. }
+            | Self::Transport { endpoint, .. }
+            | Self::InvalidResponse { endpoint, .. } => Some(*endpoint),
+            Self::Interrupted => None,
+        }
+    }
+
+    pub(crate) fn invalid(endpoint: AuthEndpoint, status: StatusCode, problem: &str) -> Self {
+        Self::InvalidResponse {
+            endpoint,
+            status,
+            problem: problem.to_owned(),
+        }
+    }
+
+    pub(crate) fn transport(endpoint: AuthEndpoint, source: reqwest::Error) -> Self {
+        // reqwest errors name the URL, which holds no secret here: the auth URLs carry none.
+        Self::Transport {
+            endpoint,
+            source: Arc::new(source),
+        }
+    }
+}
+
+struct MessageList<'a>(&'a [IqmMessage]);
+
+impl fmt::Display for MessageList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, message) in self.0.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { "; " })?;
+            message.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_transport(err: &reqwest::Error) -> &'static str {
+    if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else if err.is_body() || err.is_decode() {
+        "the connection broke while reading the answer"
+    } else if err.is_redirect() {
+        "IQM redirected the call, which auth calls never follow"
+    } else {
+        "the request could not be completed"
+    }
+}
+
+/// Why an [`IqmAuth`](crate::IqmAuth) could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A required setting was not given, or is blank.
+    #[error("missing IQM setting: {0}")]
+    Missing(&'static str),
+    /// The base URL does not parse, or is not `http`/`https`.
+    #[error("invalid IQM base URL {url:?}: {problem}")]
+    InvalidBaseUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The workspace host cannot be sent as an HTTP header.
+    #[error("the IQM workspace host {0:?} is not a valid HTTP header value")]
+    InvalidWorkspaceHost(String),
+    /// Environment variables that [`IqmAuth::from_env`](crate::IqmAuth::from_env) needs are not
+    /// set. Lists every missing one.
+    #[error("missing environment variables: {}", .0.join(", "))]
+    MissingEnv(Vec<&'static str>),
+    /// The HTTP client for the auth calls could not be built (TLS backend initialisation).
+    #[error("could not build the HTTP client for IQM auth calls: {0}")]
+    HttpClient(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_names_iqms_own_messages() {
+        let err = AuthError::Rejected {
+            endpoint: AuthEndpoint::Login,
+            status: StatusCode::FORBIDDEN,
+            messages: vec![IqmMessage {
+                error: "User doesn't exist or user is not allowed to provided workspace.".into(),
+                reason: None,
+                field: None,
+            }],
+        };
+        assert_eq!(
+            err.to_string(),
+            "IQM rejected the login call (403 Forbidden): User doesn't exist or user is not \
+             allowed to provided workspace."
+        );
+    }
+
+    #[test]
+    fn several_messages_are_joined_with_their_reasons() {
+        let err = AuthError::Rejected {
+            endpoint: AuthEndpoint::Login,
+            status: StatusCode::BAD_REQUEST,
+            messages: vec![
+                IqmMessage {
+                    error: "User is not allowed to access provided customer".into(),
+                    reason: Some("On Hold".into()),
+                    field: None,
+                },
+                IqmMessage {
+                    error: "second".into(),
+                    reason: None,
+                    field: Some("email".into()),
+                },
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "IQM rejected the login call (400 Bad Request): User is not allowed to access \
+             provided customer (On Hold); second [field: email]"
+        );
+    }
+}

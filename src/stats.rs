@@ -1,0 +1,105 @@
+//! Counters of what the layer did, read as a cheap snapshot.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a token was obtained or renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RenewReason {
+    /// No token was cached yet (first use, or after [`logout`](crate::IqmAuth::logout)).
+    FirstUse,
+    /// The token was close to expiry and still valid: renewed ahead of time.
+    Proactive,
+    /// The token had expired: the request waited for a new one.
+    Expired,
+    /// IQM answered a request with 401.
+    Unauthorized,
+    /// [`IqmAuth::renew`](crate::IqmAuth::renew) was called.
+    Forced,
+}
+
+impl fmt::Display for RenewReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::FirstUse => "first use",
+            Self::Proactive => "proactive",
+            Self::Expired => "expired",
+            Self::Unauthorized => "unauthorized",
+            Self::Forced => "forced",
+        })
+    }
+}
+
+/// A snapshot of the layer's counters since it was built. See [`IqmAuth::stats`](crate::IqmAuth::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Login calls sent (password grant), failed ones included.
+    pub logins: u64,
+    /// Refresh-token calls sent, failed ones included.
+    pub refreshes: u64,
+    /// Renewals started because no token was cached.
+    pub renewals_first_use: u64,
+    /// Renewals started ahead of expiry.
+    pub renewals_proactive: u64,
+    /// Renewals started because the token had expired.
+    pub renewals_expired: u64,
+    /// Renewals started because IQM answered 401.
+    pub renewals_unauthorized: u64,
+    /// Renewals started by [`IqmAuth::renew`](crate::IqmAuth::renew).
+    pub renewals_forced: u64,
+    /// Requests replayed after a 401.
+    pub unauthorized_replays: u64,
+    /// Callers that waited on a renewal another caller had started, instead of starting one.
+    pub shared_waits: u64,
+    /// Renewals that ended in an error.
+    pub failed_renewals: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    logins: AtomicU64,
+    refreshes: AtomicU64,
+    renewals: [AtomicU64; 5],
+    unauthorized_replays: AtomicU64,
+    shared_waits: AtomicU64,
+    failed_renewals: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn login(&self) {
+        self.logins.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn refresh(&self) {
+        self.refreshes.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn renewal(&self, reason: RenewReason) {
+        self.renewals[reason as usize].fetch_add(1, Relaxed);
+    }
+    pub(crate) fn replay(&self) {
+        self.unauthorized_replays.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn shared_wait(&self) {
+        self.shared_waits.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn failed_renewal(&self) {
+        self.failed_renewals.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let renewals = |reason: RenewReason| self.renewals[reason as usize].load(Relaxed);
+        Stats {
+            logins: self.logins.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
+            renewals_first_use: renewals(RenewReason::FirstUse),
+            renewals_proactive: renewals(RenewReason::Proactive),
+            renewals_expired: renewals(RenewReason::Expired),
+            renewals_unauthorized: renewals(RenewReason::Unauthorized),
+            renewals_forced: renewals(RenewReason::Forced),
+            unauthorized_replays: self.unauthorized_replays.load(Relaxed),
+            shared_waits: self.shared_waits.load(Relaxed),
+            failed_renewals: self.failed_renewals.load(Relaxed),
+        }
+    }
+}
