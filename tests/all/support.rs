@@ -1,0 +1,62 @@
+use iqm_auth::reqwest_middleware::{self, ClientBuilder, ClientWithMiddleware};
+use iqm_auth::testing::FakeIqm;
+use iqm_auth::{AuthError, IqmAuth, IqmAuthBuilder};
+
+pub struct Harness {
+    pub iqm: FakeIqm,
+    pub auth: IqmAuth,
+    pub client: ClientWithMiddleware,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::with(|b| b).await
+    }
+
+    pub async fn with(configure: impl FnOnce(IqmAuthBuilder) -> IqmAuthBuilder) -> Self {
+        let iqm = FakeIqm::start().await.expect("fake IQM starts");
+        let auth = configure(iqm.auth_builder()).build().expect("valid config");
+        let client = client_with(&auth);
+        Self { iqm, auth, client }
+    }
+
+    /// GETs `path` on the fake IQM and returns the status.
+    pub async fn get(&self, path: &str) -> Result<u16, reqwest_middleware::Error> {
+        let response = self.client.get(self.iqm.url(path)).send().await?;
+        Ok(response.status().as_u16())
+    }
+}
+
+pub fn client_with(auth: &IqmAuth) -> ClientWithMiddleware {
+    ClientBuilder::new(reqwest::Client::new())
+        .with(auth.clone())
+        .build()
+}
+
+/// The `AuthError` inside a middleware error.
+pub fn auth_error(err: &reqwest_middleware::Error) -> &AuthError {
+    match err {
+        reqwest_middleware::Error::Middleware(inner) => inner
+            .downcast_ref::<AuthError>()
+            .unwrap_or_else(|| panic!("not an AuthError: {inner:?}")),
+        other => panic!("not a middleware error: {other:?}"),
+    }
+}
+
+/// Waits (bounded) until `condition` holds; for work the layer does in the background.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+impl Harness {
+    /// Like [`get`](Self::get), panicking on an error: for many concurrent requests.
+    pub async fn get_owned(&self, path: String) -> u16 {
+        self.get(&path).await.expect("request succeeds")
+    }
+}
