@@ -20,6 +20,17 @@ pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// the requests being authenticated.
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one acquisition of a token may take, retries and backoff waits included, before
+/// callers get [`AuthError::BudgetExhausted`](crate::AuthError::BudgetExhausted).
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the layer fails fast with the same error after IQM rejected the credentials
+/// (login answered 400, 401, 403 or another non-transient 4xx), so that a wrong password can
+/// neither lock the account nor burn IQM's rate limit (20 requests a minute).
+pub const DEFAULT_REJECTION_COOL_DOWN: Duration = Duration::from_secs(30);
+/// How many times one login or refresh call is tried when it fails transiently (connect error,
+/// reset, timeout, 5xx, 408, 429), the first try included.
+pub const DEFAULT_AUTH_ATTEMPTS: u32 = 3;
+
 /// The environment variables [`IqmAuth::from_env`] reads; `IQM_BASE_URL` is optional.
 pub const ENV_VARS: [&str; 6] = [
     "IQM_BASE_URL",
@@ -55,6 +66,9 @@ pub struct IqmAuthBuilder {
     password: Secret,
     refresh_margin: Duration,
     auth_timeout: Duration,
+    acquire_timeout: Duration,
+    rejection_cool_down: Duration,
+    auth_attempts: u32,
     replay_unauthorized: bool,
     background_renewal: bool,
     clock: Arc<dyn Clock>,
@@ -72,6 +86,9 @@ impl Default for IqmAuthBuilder {
             password: Secret::new(""),
             refresh_margin: DEFAULT_REFRESH_MARGIN,
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            rejection_cool_down: DEFAULT_REJECTION_COOL_DOWN,
+            auth_attempts: DEFAULT_AUTH_ATTEMPTS,
             replay_unauthorized: true,
             background_renewal: true,
             clock: Arc::new(SystemClock),
@@ -123,6 +140,27 @@ impl IqmAuthBuilder {
     /// The timeout of each call to IQM's auth endpoints; [`DEFAULT_AUTH_TIMEOUT`] if not set.
     pub fn auth_timeout(mut self, timeout: Duration) -> Self {
         self.auth_timeout = timeout;
+        self
+    }
+
+    /// The most one acquisition of a token may take, retries included;
+    /// [`DEFAULT_ACQUIRE_TIMEOUT`] if not set. A hanging IQM never hangs callers longer.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long to fail fast after IQM rejected the credentials; [`DEFAULT_REJECTION_COOL_DOWN`]
+    /// if not set.
+    pub fn rejection_cool_down(mut self, cool_down: Duration) -> Self {
+        self.rejection_cool_down = cool_down;
+        self
+    }
+
+    /// How many times a transiently failing login or refresh call is tried;
+    /// [`DEFAULT_AUTH_ATTEMPTS`] if not set, at least 1.
+    pub fn auth_attempts(mut self, attempts: u32) -> Self {
+        self.auth_attempts = attempts;
         self
     }
 
@@ -184,6 +222,9 @@ impl IqmAuthBuilder {
             password: self.password,
             refresh_margin: self.refresh_margin,
             auth_timeout: self.auth_timeout,
+            acquire_timeout: self.acquire_timeout,
+            rejection_cool_down: self.rejection_cool_down,
+            auth_attempts: self.auth_attempts.max(1),
             replay_unauthorized: self.replay_unauthorized,
             background_renewal: self.background_renewal,
             clock: self.clock,
@@ -263,6 +304,9 @@ pub(crate) struct Config {
     pub(crate) password: Secret,
     pub(crate) refresh_margin: Duration,
     pub(crate) auth_timeout: Duration,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) rejection_cool_down: Duration,
+    pub(crate) auth_attempts: u32,
     pub(crate) replay_unauthorized: bool,
     pub(crate) background_renewal: bool,
     pub(crate) clock: Arc<dyn Clock>,

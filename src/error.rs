@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 
@@ -83,6 +84,8 @@ pub enum AuthError {
         status: StatusCode,
         /// IQM's own messages, in the order it gave them.
         messages: Vec<IqmMessage>,
+        /// IQM's `Retry-After`, when it sent one (429, 503).
+        retry_after: Option<Duration>,
     },
     /// The call did not complete: connect error, reset, timeout.
     #[error("the IQM {endpoint} call failed: {}", describe_transport(.source))]
@@ -104,10 +107,18 @@ pub enum AuthError {
         /// What is wrong with the body (never the body itself).
         problem: String,
     },
+    /// Obtaining a token took longer than the acquisition budget
+    /// ([`IqmAuthBuilder::acquire_timeout`](crate::IqmAuthBuilder::acquire_timeout)), retries
+    /// included.
+    #[error("IQM did not hand out a token within {0:?}")]
+    BudgetExhausted(Duration),
     /// The task obtaining a token stopped before it finished, for example because the runtime
     /// is shutting down.
     #[error("the IQM token renewal stopped before it finished")]
     Interrupted,
+    /// A token was needed outside a Tokio runtime, which `reqwest` and this crate require.
+    #[error("iqm-auth needs a Tokio runtime to obtain a token")]
+    NoRuntime,
 }
 
 impl AuthError {
@@ -116,7 +127,40 @@ impl AuthError {
         match self {
             Self::Rejected { status, .. } | Self::InvalidResponse { status, .. } => Some(*status),
             Self::Transport { source, .. } => source.status(),
-            Self::Interrupted => None,
+            Self::BudgetExhausted(_) | Self::Interrupted | Self::NoRuntime => None,
+        }
+    }
+
+    /// Whether the failure may pass by itself: the call did not complete, timed out, or IQM
+    /// answered 5xx, 408 or 429. Such failures are retried with backoff; others are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport { .. } | Self::BudgetExhausted(_) | Self::Interrupted => true,
+            Self::Rejected { status, .. } => {
+                status.is_server_error()
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::InvalidResponse { .. } | Self::NoRuntime => false,
+        }
+    }
+
+    /// How long IQM asked callers to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Rejected { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short name of the failure's class, for logs and metrics: `rejected`, `transient`,
+    /// `invalid_response` or `interrupted`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Interrupted | Self::NoRuntime => "interrupted",
+            err if err.is_transient() => "transient",
+            Self::Rejected { .. } => "rejected",
+            _ => "invalid_response",
         }
     }
 
@@ -134,7 +178,7 @@ impl AuthError {
             Self::Rejected { endpoint, .. }
             | Self::Transport { endpoint, .. }
             | Self::InvalidResponse { endpoint, .. } => Some(*endpoint),
-            Self::Interrupted => None,
+            Self::BudgetExhausted(_) | Self::Interrupted | Self::NoRuntime => None,
         }
     }
 
@@ -213,6 +257,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_failures_that_can_pass_by_themselves_are_transient() {
+        let rejected = |code: u16| AuthError::Rejected {
+            endpoint: AuthEndpoint::Login,
+            status: StatusCode::from_u16(code).unwrap(),
+            messages: Vec::new(),
+            retry_after: None,
+        };
+        for code in [500, 502, 503, 504, 408, 429] {
+            assert!(rejected(code).is_transient(), "{code}");
+            assert_eq!(rejected(code).class(), "transient");
+        }
+        for code in [400, 401, 403, 404, 412, 422] {
+            assert!(!rejected(code).is_transient(), "{code}");
+            assert_eq!(rejected(code).class(), "rejected");
+        }
+        let invalid = AuthError::invalid(AuthEndpoint::Login, StatusCode::OK, "x");
+        assert!(!invalid.is_transient());
+        assert_eq!(invalid.class(), "invalid_response");
+    }
+
+    #[test]
     fn a_rejection_names_iqms_own_messages() {
         let err = AuthError::Rejected {
             endpoint: AuthEndpoint::Login,
@@ -222,6 +287,7 @@ mod tests {
                 reason: None,
                 field: None,
             }],
+            retry_after: None,
         };
         assert_eq!(
             err.to_string(),
@@ -247,6 +313,7 @@ mod tests {
                     field: Some("email".into()),
                 },
             ],
+            retry_after: None,
         };
         assert_eq!(
             err.to_string(),

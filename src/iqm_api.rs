@@ -177,7 +177,21 @@ impl IqmApi {
         let status = response.status();
         let body = read_capped(endpoint, status, &mut response).await?;
         if !status.is_success() {
-            return Err(rejection(endpoint, status, &body));
+            let retry_after = retry_after(response.headers());
+            return Err(match rejection(endpoint, status, &body) {
+                AuthError::Rejected {
+                    endpoint,
+                    status,
+                    messages,
+                    ..
+                } => AuthError::Rejected {
+                    endpoint,
+                    status,
+                    messages,
+                    retry_after,
+                },
+                other => other,
+            });
         }
         Ok((status, body))
     }
@@ -297,6 +311,7 @@ fn rejection(endpoint: AuthEndpoint, status: StatusCode, body: &[u8]) -> AuthErr
             endpoint,
             status,
             messages: Vec::new(),
+            retry_after: None,
         },
     }
 }
@@ -310,7 +325,25 @@ fn rejection_from(
         endpoint,
         status,
         messages: messages_from(root),
+        retry_after: None,
     }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date; a date in the past is no wait.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// IQM's `errorObjects`, or else a plain OAuth error (`error`, `error_description`).
@@ -430,6 +463,21 @@ mod tests {
             err.to_string(),
             "IQM rejected the token refresh call (400 Bad Request): invalid_grant (Invalid refresh token)"
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
     }
 
     #[test]

@@ -29,7 +29,8 @@ mod token;
 pub use auth::IqmAuth;
 pub use clock::{Clock, SystemClock};
 pub use config::{
-    DEFAULT_AUTH_TIMEOUT, DEFAULT_BASE_URL, DEFAULT_REFRESH_MARGIN, ENV_VARS, IqmAuthBuilder,
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_AUTH_ATTEMPTS, DEFAULT_AUTH_TIMEOUT, DEFAULT_BASE_URL,
+    DEFAULT_REFRESH_MARGIN, DEFAULT_REJECTION_COOL_DOWN, ENV_VARS, IqmAuthBuilder,
 };
 pub use error::{AuthEndpoint, AuthError, ConfigError, IqmMessage};
 pub use iqm_api::{MAX_AUTH_BODY_BYTES, parse_token_answer};

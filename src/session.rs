@@ -1,28 +1,33 @@
 //! The shared token cache: a lock-free read on the hot path, one place where tokens are
-//! obtained (single flight), generation-checked renewal, and the background renewer.
+//! obtained (single flight), generation-checked renewal, failure pacing, and the background
+//! renewer.
 //!
 //! Invariants:
-//! - `current` only ever holds a complete [`CachedToken`]; it is replaced whole.
+//! - `current` only ever holds a complete [`CachedToken`]; it is replaced whole, and a failed
+//!   renewal never replaces it.
 //! - At most one renewal ("flight") runs at a time. It runs in a task of its own, so a caller
 //!   that gives up (drops its future) never cancels it for the others, and a rotated refresh
 //!   token is always stored together with the access token it came with.
 //! - A caller asks for a renewal naming the generation it found wanting; if the cache holds a
 //!   different generation by the time it asks, that token is returned instead. So any number of
 //!   concurrent callers that saw the same stale token cause one renewal.
+//! - After a failed renewal, new renewals wait out a pause (see [`Pacing`]); until then callers
+//!   get the same error at once, without an auth call.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::error::{AuthError, ConfigError};
+use crate::error::{AuthEndpoint, AuthError, ConfigError};
 use crate::iqm_api::IqmApi;
 use crate::secret::Secret;
 use crate::stats::{Counters, RenewReason, Stats};
@@ -36,15 +41,38 @@ const PROACTIVE_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// before it answered (its task aborted, e.g. by a runtime shutting down).
 const INTERRUPTED_FLIGHT_RETRIES: usize = 2;
 
+/// The first backoff between tries of one auth call; it doubles with each try, with jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// A `Retry-After` longer than this is not waited for inside one renewal: the renewal fails,
+/// and [`Pacing`] keeps new ones from starting until IQM's time has passed.
+const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
+
+/// The pause after the second failed renewal in a row; it doubles with each further failure.
+const FIRST_OUTAGE_PAUSE: Duration = Duration::from_secs(2);
+/// The longest pause between renewals during an outage.
+pub(crate) const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured; a longer one is cut to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 type Answer = Option<Result<Arc<CachedToken>, AuthError>>;
+
+/// How renewals are paced and retried (from the builder).
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    refresh_margin: Duration,
+    acquire_timeout: Duration,
+    rejection_cool_down: Duration,
+    auth_attempts: u32,
+    background_renewal: bool,
+}
 
 pub(crate) struct Session {
     api: IqmApi,
     email: String,
     password: Secret,
     clock: Arc<dyn Clock>,
-    refresh_margin: Duration,
-    background_renewal: bool,
+    policy: Policy,
     current: ArcSwapOption<CachedToken>,
     flights: Mutex<Flights>,
     next_generation: AtomicU64,
@@ -57,11 +85,66 @@ pub(crate) struct Session {
 struct Flights {
     running: Option<Flight>,
     next_id: u64,
+    pacing: Pacing,
 }
 
 struct Flight {
     id: u64,
     answer: watch::Receiver<Answer>,
+}
+
+/// Failure pacing: after a failed renewal, no new one starts before `until`, and callers get
+/// `error` at once. The first transient failure in a row pauses nothing (an outage that has
+/// passed is retried at once); the next ones pause 2 s, 4 s, … up to [`MAX_OUTAGE_PAUSE`]. A
+/// `Retry-After` lengthens the pause to IQM's time; rejected credentials pause for the
+/// cool-down.
+#[derive(Default)]
+struct Pacing {
+    failures_in_a_row: u32,
+    blocked: Option<(Instant, AuthError)>,
+}
+
+impl Pacing {
+    fn pause_after(&self, err: &AuthError, policy: &Policy) -> Duration {
+        let outage = match self.failures_in_a_row {
+            0 | 1 => Duration::ZERO,
+            n => FIRST_OUTAGE_PAUSE
+                .saturating_mul(1 << (n - 2).min(16))
+                .min(MAX_OUTAGE_PAUSE),
+        };
+        let rejected_credentials = matches!(
+            err,
+            AuthError::Rejected { endpoint: AuthEndpoint::Login, status, .. }
+                if status.is_client_error() && !err.is_transient()
+        );
+        let pause = if rejected_credentials {
+            policy.rejection_cool_down
+        } else {
+            outage
+        };
+        pause.max(err.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER))
+    }
+
+    fn record(&mut self, result: Result<(), &AuthError>, now: Instant, policy: &Policy) {
+        match result {
+            Ok(()) => *self = Self::default(),
+            Err(err) => {
+                self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+                let pause = self.pause_after(err, policy);
+                self.blocked = (!pause.is_zero()).then(|| (now + pause, err.clone()));
+                if !pause.is_zero() {
+                    info!(class = err.class(), pause = ?pause, "pausing IQM token renewals");
+                }
+            }
+        }
+    }
+
+    fn blocked_at(&self, now: Instant) -> Option<&AuthError> {
+        match &self.blocked {
+            Some((until, err)) if now < *until => Some(err),
+            _ => None,
+        }
+    }
 }
 
 impl Session {
@@ -79,8 +162,13 @@ impl Session {
             email: config.email,
             password: config.password,
             clock: config.clock,
-            refresh_margin: config.refresh_margin,
-            background_renewal: config.background_renewal,
+            policy: Policy {
+                refresh_margin: config.refresh_margin,
+                acquire_timeout: config.acquire_timeout,
+                rejection_cool_down: config.rejection_cool_down,
+                auth_attempts: config.auth_attempts,
+                background_renewal: config.background_renewal,
+            },
             current: ArcSwapOption::empty(),
             flights: Mutex::new(Flights::default()),
             next_generation: AtomicU64::new(1),
@@ -91,7 +179,7 @@ impl Session {
     }
 
     /// The hot path: a cached token that may be used now, if there is one. Takes no lock. A
-    /// token close to expiry is still returned, and a renewal is started in the background.
+    /// token close to expiry is still used, and a renewal is started in the background.
     pub(crate) fn usable_now<R>(
         self: &Arc<Self>,
         with: impl FnOnce(&CachedToken) -> R,
@@ -104,7 +192,7 @@ impl Session {
                 // Only the first request to see the token in this state pays for starting the
                 // renewal; the background renewer retries it if it fails.
                 if token.claim_early_renewal() {
-                    self.renew_in_background(token.generation);
+                    drop(self.join_or_start(RenewReason::Proactive, Some(token.generation)));
                     self.renewer_wake.notify_one();
                 }
             }
@@ -145,14 +233,9 @@ impl Session {
         stale: Option<u64>,
     ) -> Result<Arc<CachedToken>, AuthError> {
         for _ in 0..INTERRUPTED_FLIGHT_RETRIES {
-            let mut answer = match self.join_or_start(reason, stale, true) {
-                Some(Joined::Cached(token)) => return Ok(token),
-                Some(Joined::Waiting(answer)) => answer,
-                Some(Joined::Drive(flight, answer)) => {
-                    flight.await;
-                    answer
-                }
-                None => break,
+            let mut answer = match self.join_or_start(reason, stale)? {
+                Joined::Cached(token) => return Ok(token),
+                Joined::Waiting(answer) => answer,
             };
             if let Ok(answer) = answer.wait_for(Option::is_some).await {
                 if let Some(result) = answer.as_ref() {
@@ -164,35 +247,26 @@ impl Session {
         Err(AuthError::Interrupted)
     }
 
-    /// Starts an early renewal that nobody waits for, unless one is running, the token was
-    /// replaced, or there is no runtime to run it on (then the request that finds the token
-    /// expired renews it).
-    fn renew_in_background(self: &Arc<Self>, stale: u64) {
-        drop(self.join_or_start(RenewReason::Proactive, Some(stale), false));
-    }
-
-    /// Joins the running renewal, returns a token newer than `stale`, or starts a renewal. A
-    /// renewal that cannot be spawned is handed to the caller to drive if `can_drive`, and not
-    /// started otherwise (`None`).
+    /// Joins the running renewal, returns a token newer than `stale`, fails fast while renewals
+    /// are paused, or starts a renewal in a task of its own.
     fn join_or_start(
         self: &Arc<Self>,
         reason: RenewReason,
         stale: Option<u64>,
-        can_drive: bool,
-    ) -> Option<Joined> {
-        let runtime = tokio::runtime::Handle::try_current().ok();
+    ) -> Result<Joined, AuthError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| AuthError::NoRuntime)?;
         let mut flights = self.flights.lock();
         if let Some(flight) = &flights.running {
             self.counters.shared_wait();
-            return Some(Joined::Waiting(flight.answer.clone()));
+            return Ok(Joined::Waiting(flight.answer.clone()));
         }
         if let Some(token) = self.current.load_full() {
             if Some(token.generation) != stale {
-                return Some(Joined::Cached(token));
+                return Ok(Joined::Cached(token));
             }
         }
-        if runtime.is_none() && !can_drive {
-            return None;
+        if let Some(err) = flights.pacing.blocked_at(self.clock.now()) {
+            return Err(err.clone());
         }
         let id = flights.next_id;
         flights.next_id += 1;
@@ -203,46 +277,90 @@ impl Session {
         });
         drop(flights);
         self.counters.renewal(reason);
-        // The guard exists before the future is first polled, so even a renewal dropped unpolled
-        // frees the slot.
+        // The guard exists before the task first runs, so even a renewal dropped unpolled (its
+        // runtime shutting down) frees the slot.
         let release = ReleaseFlight {
             session: Arc::clone(self),
             id,
         };
-        let flight = fly(release, reason, sender).instrument(info_span!("iqm_auth.renew", %reason));
-        Some(match runtime {
-            Some(runtime) => {
-                runtime.spawn(flight);
-                Joined::Waiting(answer)
-            }
-            None => Joined::Drive(Box::pin(flight), answer),
-        })
+        runtime
+            .spawn(fly(release, reason, sender).instrument(info_span!("iqm_auth.renew", %reason)));
+        Ok(Joined::Waiting(answer))
     }
 
-    /// The one place where tokens are obtained from IQM: the refresh-token grant when a refresh
-    /// token is cached, and a password login when there is none or the refresh fails.
+    /// The one place where tokens are obtained from IQM, within the acquisition budget: the
+    /// refresh-token grant when a refresh token is cached, and a password login when there is
+    /// none or IQM refuses the refresh (a transient refresh failure is returned as it is: IQM is
+    /// in trouble, and a login would only add load).
     async fn obtain(&self, reason: RenewReason) -> Result<Arc<CachedToken>, AuthError> {
-        let previous = self.current.load_full();
-        if let Some(previous) = previous.as_deref() {
-            if let Some(refresh_token) = &previous.refresh_token {
-                let issued = self.clock.now();
-                self.counters.refresh();
-                match self.api.refresh(refresh_token).await {
-                    Ok(set) => {
-                        debug!(%reason, "refreshed the IQM token");
-                        return self.cache(set, issued, Some(previous));
-                    }
-                    Err(err) => {
-                        warn!(error = %err, "IQM refused the token refresh; logging in again");
+        let budget = self.policy.acquire_timeout;
+        tokio::time::timeout(budget, async {
+            let previous = self.current.load_full();
+            if let Some(previous) = previous.as_deref() {
+                if let Some(refresh_token) = &previous.refresh_token {
+                    let issued = self.clock.now();
+                    let refreshed = self
+                        .with_retries(AuthEndpoint::Refresh, || {
+                            self.counters.refresh();
+                            self.api.refresh(refresh_token)
+                        })
+                        .await
+                        .and_then(|set| self.cache(set, issued, Some(previous)));
+                    match refreshed {
+                        Ok(token) => {
+                            info!(%reason, "refreshed the IQM token");
+                            return Ok(token);
+                        }
+                        Err(err) if err.is_transient() => return Err(err),
+                        Err(err) => {
+                            warn!(class = err.class(), error = %err, "IQM refused the token refresh; logging in again");
+                        }
                     }
                 }
             }
+            let issued = self.clock.now();
+            let set = self
+                .with_retries(AuthEndpoint::Login, || {
+                    self.counters.login();
+                    self.api.login(&self.email, &self.password)
+                })
+                .await?;
+            info!(%reason, "logged in to IQM");
+            self.cache(set, issued, None)
+        })
+        .await
+        .unwrap_or(Err(AuthError::BudgetExhausted(budget)))
+    }
+
+    /// Tries `call` up to the configured number of times while it fails transiently, with
+    /// exponential backoff and jitter, or IQM's `Retry-After` when it is short.
+    async fn with_retries<F, Fut>(
+        &self,
+        endpoint: AuthEndpoint,
+        mut call: F,
+    ) -> Result<TokenSet, AuthError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<TokenSet, AuthError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let err = match call().await {
+                Ok(set) => return Ok(set),
+                Err(err) => err,
+            };
+            if !err.is_transient() || attempt >= self.policy.auth_attempts {
+                return Err(err);
+            }
+            let wait = match err.retry_after() {
+                Some(wait) if wait > MAX_RETRY_AFTER_WAIT => return Err(err),
+                Some(wait) => wait,
+                None => jittered(FIRST_BACKOFF.saturating_mul(1 << (attempt - 1).min(16))),
+            };
+            warn!(%endpoint, attempt, class = err.class(), error = %err, backoff = ?wait, "IQM auth call failed; retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
-        let issued = self.clock.now();
-        self.counters.login();
-        let set = self.api.login(&self.email, &self.password).await?;
-        debug!(%reason, "logged in to IQM");
-        self.cache(set, issued, None)
     }
 
     /// Builds the cached form of a token set. `refreshed_from` is the token a refresh answer
@@ -250,24 +368,23 @@ impl Session {
     fn cache(
         &self,
         set: TokenSet,
-        issued: std::time::Instant,
+        issued: Instant,
         refreshed_from: Option<&CachedToken>,
     ) -> Result<Arc<CachedToken>, AuthError> {
         let endpoint = if refreshed_from.is_some() {
-            crate::AuthEndpoint::Refresh
+            AuthEndpoint::Refresh
         } else {
-            crate::AuthEndpoint::Login
+            AuthEndpoint::Login
         };
+        let invalid = |problem: &str| AuthError::invalid(endpoint, http::StatusCode::OK, problem);
         let ow_id = set
             .ow_id
             .or(refreshed_from.map(|t| t.ow_id))
-            .ok_or_else(|| {
-                AuthError::invalid(endpoint, http::StatusCode::OK, "the answer has no owId")
-            })?;
+            .ok_or_else(|| invalid("the answer has no owId"))?;
         let refresh_token = set
             .refresh_token
             .or_else(|| refreshed_from.and_then(|t| t.refresh_token.clone()));
-        let deadlines = Deadlines::compute(issued, set.expires_in, self.refresh_margin);
+        let deadlines = Deadlines::compute(issued, set.expires_in, self.policy.refresh_margin);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         CachedToken::new(
             generation,
@@ -277,7 +394,7 @@ impl Session {
             deadlines,
         )
         .map(Arc::new)
-        .map_err(|problem| AuthError::invalid(endpoint, http::StatusCode::OK, problem))
+        .map_err(invalid)
     }
 
     /// Forgets the cached token and invalidates it at IQM.
@@ -307,7 +424,7 @@ impl Session {
     /// Starts the background renewer once a token exists (and again if the runtime it ran on
     /// has gone away).
     fn ensure_renewer(self: &Arc<Self>) {
-        if !self.background_renewal {
+        if !self.policy.background_renewal {
             return;
         }
         let mut renewer = self.renewer.lock();
@@ -339,8 +456,7 @@ impl std::fmt::Debug for Session {
             .field("api", &self.api)
             .field("email", &self.email)
             .field("password", &self.password)
-            .field("refresh_margin", &self.refresh_margin)
-            .field("background_renewal", &self.background_renewal)
+            .field("policy", &self.policy)
             .field("token_generation", &current.as_ref().map(|t| t.generation))
             .field("stats", &self.stats())
             .finish_non_exhaustive()
@@ -352,11 +468,6 @@ enum Joined {
     Cached(Arc<CachedToken>),
     /// A renewal runs in a task; wait for its answer.
     Waiting(watch::Receiver<Answer>),
-    /// No runtime to spawn on: the caller drives the renewal itself.
-    Drive(
-        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-        watch::Receiver<Answer>,
-    ),
 }
 
 /// Frees the flight slot when a renewal ends, also when its task is aborted half-way, so that
@@ -390,6 +501,10 @@ async fn fly(release: ReleaseFlight, reason: RenewReason, sender: watch::Sender<
         if let Ok(token) = &result {
             session.current.store(Some(Arc::clone(token)));
         }
+        let now = session.clock.now();
+        flights
+            .pacing
+            .record(result.as_ref().map(drop), now, &session.policy);
         release.free(&mut flights);
     }
     match &result {
@@ -399,8 +514,8 @@ async fn fly(release: ReleaseFlight, reason: RenewReason, sender: watch::Sender<
             session.renewer_wake.notify_one();
         }
         Err(err) => {
-            session.counters.failed_renewal();
-            warn!(error = %err, "IQM token renewal failed");
+            session.counters.failed_renewal(err);
+            warn!(class = err.class(), error = %err, "IQM token renewal failed");
         }
     }
     sender.send_replace(Some(result));
@@ -426,11 +541,12 @@ async fn renew_ahead_of_expiry(session: Weak<Session>, wake: Arc<Notify>) {
                                 .await
                             {
                                 Ok(_) => continue,
+                                // The token stays in use until it expires; try again later.
                                 Err(_) => Some(PROACTIVE_RETRY_PAUSE),
                             }
                         }
-                        // Unused, expired, or already being renewed: the next request, or the
-                        // next stored token, decides what happens.
+                        // Unused or expired: the next request, or the next stored token, decides
+                        // what happens.
                         _ => None,
                     }
                 }
@@ -445,6 +561,99 @@ async fn renew_ahead_of_expiry(session: Weak<Session>, wake: Arc<Notify>) {
                 }
             }
             None => wake.notified().await,
+        }
+    }
+}
+
+/// `base` scaled by a random factor in [0.5, 1.5), so that replicas retrying after one outage
+/// spread out.
+fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new().hash_one(Instant::now());
+    let factor = 0.5 + (random % 1_000) as f64 / 1_000.0;
+    base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            refresh_margin: Duration::from_secs(60),
+            acquire_timeout: Duration::from_secs(15),
+            rejection_cool_down: Duration::from_secs(30),
+            auth_attempts: 3,
+            background_renewal: true,
+        }
+    }
+
+    fn failure(endpoint: AuthEndpoint, status: u16, retry_after: Option<u64>) -> AuthError {
+        AuthError::Rejected {
+            endpoint,
+            status: http::StatusCode::from_u16(status).unwrap(),
+            messages: Vec::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn an_outage_pauses_renewals_longer_with_each_failure_in_a_row() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        let err = failure(AuthEndpoint::Login, 503, None);
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            pacing.record(Err(&err), t0, &policy());
+            pauses.push(
+                pacing
+                    .blocked
+                    .as_ref()
+                    .map_or(0, |(until, _)| (*until - t0).as_secs()),
+            );
+        }
+        assert_eq!(pauses, [0, 2, 4, 8, 16, 30, 30, 30]);
+        pacing.record(Ok(()), t0, &policy());
+        assert!(pacing.blocked_at(t0).is_none());
+        assert_eq!(pacing.failures_in_a_row, 0);
+    }
+
+    #[test]
+    fn rejected_credentials_cool_down_at_once() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.record(Err(&failure(AuthEndpoint::Login, 403, None)), t0, &policy());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(29)).is_some());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(30)).is_none());
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.record(
+            Err(&failure(AuthEndpoint::Login, 429, Some(12))),
+            t0,
+            &policy(),
+        );
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(11)).is_some());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(12)).is_none());
+        pacing.record(
+            Err(&failure(AuthEndpoint::Login, 429, Some(u64::MAX / 2))),
+            t0,
+            &policy(),
+        );
+        assert!(pacing.blocked_at(t0 + MAX_RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_one_and_a_half_times() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_millis(200));
+            assert!(
+                d >= Duration::from_millis(100) && d < Duration::from_millis(300),
+                "{d:?}"
+            );
         }
     }
 }

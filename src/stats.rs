@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::error::AuthError;
+
 /// Why a token was obtained or renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -55,6 +57,12 @@ pub struct Stats {
     pub shared_waits: u64,
     /// Renewals that ended in an error.
     pub failed_renewals: u64,
+    /// Failed renewals whose last error was transient (connect, timeout, 5xx, 408, 429).
+    pub failures_transient: u64,
+    /// Failed renewals IQM refused (4xx, `"success": false`).
+    pub failures_rejected: u64,
+    /// Failed renewals whose answer was unusable (not JSON, missing fields, bad token bytes).
+    pub failures_invalid_response: u64,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +73,9 @@ pub(crate) struct Counters {
     unauthorized_replays: AtomicU64,
     shared_waits: AtomicU64,
     failed_renewals: AtomicU64,
+    failures_transient: AtomicU64,
+    failures_rejected: AtomicU64,
+    failures_invalid_response: AtomicU64,
 }
 
 impl Counters {
@@ -83,8 +94,15 @@ impl Counters {
     pub(crate) fn shared_wait(&self) {
         self.shared_waits.fetch_add(1, Relaxed);
     }
-    pub(crate) fn failed_renewal(&self) {
+    pub(crate) fn failed_renewal(&self, err: &AuthError) {
         self.failed_renewals.fetch_add(1, Relaxed);
+        let by_class = match err.class() {
+            "transient" => &self.failures_transient,
+            "rejected" => &self.failures_rejected,
+            "invalid_response" => &self.failures_invalid_response,
+            _ => return,
+        };
+        by_class.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -100,6 +118,9 @@ impl Counters {
             unauthorized_replays: self.unauthorized_replays.load(Relaxed),
             shared_waits: self.shared_waits.load(Relaxed),
             failed_renewals: self.failed_renewals.load(Relaxed),
+            failures_transient: self.failures_transient.load(Relaxed),
+            failures_rejected: self.failures_rejected.load(Relaxed),
+            failures_invalid_response: self.failures_invalid_response.load(Relaxed),
         }
     }
 }
