@@ -487,3 +487,55 @@ mod tests {
         assert!(err.iqm_messages().is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>().prop_map(|n| serde_json::json!(n)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            let keys = prop_oneof![
+                Just("success".to_owned()),
+                Just("data".to_owned()),
+                Just("access_token".to_owned()),
+                Just("refresh_token".to_owned()),
+                Just("expires_in".to_owned()),
+                Just("owId".to_owned()),
+                Just("errorObjects".to_owned()),
+                Just("error".to_owned()),
+                ".{0,6}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(keys, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256), code in 100u16..600) {
+            let status = StatusCode::from_u16(code).unwrap();
+            let _ = parse_token_answer(AuthEndpoint::Login, status, &body);
+            let _ = rejection(AuthEndpoint::Refresh, status, &body);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics_and_accepted_tokens_are_sendable(value in json()) {
+            let body = serde_json::to_vec(&value).unwrap();
+            if let Ok(set) = parse_token_answer(AuthEndpoint::Login, StatusCode::OK, &body) {
+                prop_assert!(check_token_bytes(set.access_token.expose()).is_ok());
+                prop_assert!(set.expires_in <= crate::MAX_TOKEN_LIFETIME);
+            }
+        }
+    }
+}

@@ -76,6 +76,8 @@ pub(crate) struct Session {
     current: ArcSwapOption<CachedToken>,
     flights: Mutex<Flights>,
     next_generation: AtomicU64,
+    /// The generation whose refresh token IQM refused; it is not tried again (0: none).
+    refused_refresh: AtomicU64,
     renewer: Mutex<Option<AbortHandle>>,
     renewer_wake: Arc<Notify>,
     pub(crate) counters: Counters,
@@ -172,6 +174,7 @@ impl Session {
             current: ArcSwapOption::empty(),
             flights: Mutex::new(Flights::default()),
             next_generation: AtomicU64::new(1),
+            refused_refresh: AtomicU64::new(0),
             renewer: Mutex::new(None),
             renewer_wake: Arc::new(Notify::new()),
             counters: Counters::default(),
@@ -296,7 +299,8 @@ impl Session {
         let budget = self.policy.acquire_timeout;
         tokio::time::timeout(budget, async {
             let previous = self.current.load_full();
-            if let Some(previous) = previous.as_deref() {
+            let refused = self.refused_refresh.load(Ordering::Relaxed);
+            if let Some(previous) = previous.as_deref().filter(|p| p.generation != refused) {
                 if let Some(refresh_token) = &previous.refresh_token {
                     let issued = self.clock.now();
                     let refreshed = self
@@ -313,6 +317,8 @@ impl Session {
                         }
                         Err(err) if err.is_transient() => return Err(err),
                         Err(err) => {
+                            self.refused_refresh
+                                .store(previous.generation, Ordering::Relaxed);
                             warn!(class = err.class(), error = %err, "IQM refused the token refresh; logging in again");
                         }
                     }
