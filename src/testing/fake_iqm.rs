@@ -1,7 +1,7 @@
 //! A fake IQM on loopback, built on axum: login, the refresh grant (rotating refresh tokens),
 //! logout, sign-up and a protected API, with counters and fault knobs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +64,8 @@ pub enum Answer {
     MissingOwId,
     /// Status 200 and this body, as is.
     Raw(String),
+    /// Status 200, half a token answer, then the connection is cut.
+    ResetMidBody,
 }
 
 /// What the fake saw of one request to its protected API (never the secrets themselves).
@@ -90,7 +92,10 @@ struct Knobs {
     refresh_delay: Duration,
     login_answer: Answer,
     refresh_answer: Answer,
+    login_queue: VecDeque<Answer>,
+    refresh_queue: VecDeque<Answer>,
     rotate_refresh_tokens: bool,
+    redirects: HashMap<String, String>,
 }
 
 impl Default for Knobs {
@@ -102,7 +107,10 @@ impl Default for Knobs {
             refresh_delay: Duration::ZERO,
             login_answer: Answer::Normal,
             refresh_answer: Answer::Normal,
+            login_queue: VecDeque::new(),
+            refresh_queue: VecDeque::new(),
             rotate_refresh_tokens: true,
+            redirects: HashMap::new(),
         }
     }
 }
@@ -249,14 +257,36 @@ impl FakeIqm {
         self.shared.knobs.lock().refresh_delay = delay;
     }
 
-    /// How login calls with correct credentials are answered.
+    /// How login calls with correct credentials are answered from now on.
     pub fn set_login_answer(&self, answer: Answer) {
         self.shared.knobs.lock().login_answer = answer;
     }
 
-    /// How refresh calls with a known refresh token are answered.
+    /// How the next login calls with correct credentials are answered, one answer each, before
+    /// the answer [`set_login_answer`](Self::set_login_answer) set applies again: e.g. two 503s
+    /// and then a recovery.
+    pub fn queue_login_answers(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.shared.knobs.lock().login_queue.extend(answers);
+    }
+
+    /// How refresh calls with a known refresh token are answered from now on.
     pub fn set_refresh_answer(&self, answer: Answer) {
         self.shared.knobs.lock().refresh_answer = answer;
+    }
+
+    /// Like [`queue_login_answers`](Self::queue_login_answers), for refresh calls.
+    pub fn queue_refresh_answers(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.shared.knobs.lock().refresh_queue.extend(answers);
+    }
+
+    /// Answers requests to `path` on the protected API with `307 Temporary Redirect` to
+    /// `location`, before any token check.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.shared
+            .knobs
+            .lock()
+            .redirects
+            .insert(path.to_owned(), location.to_owned());
     }
 
     /// Whether a refresh answer carries a new refresh token (the old one then stops working).
@@ -384,6 +414,17 @@ impl Shared {
                 data.as_object_mut().map(|d| d.remove("owId"));
             }
             Answer::Raw(body) => return raw(body.clone()),
+            Answer::ResetMidBody => {
+                let chunks: [Result<&'static str, io::Error>; 2] = [
+                    Ok(r#"{"success":true,"data":{"access_token":"#),
+                    Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "cut by the fake",
+                    )),
+                ];
+                let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+                return (StatusCode::OK, body).into_response();
+            }
         }
         let body = if envelope {
             json!({"success": true, "data": data})
@@ -397,8 +438,12 @@ impl Shared {
 async fn login(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.counters.logins.fetch_add(1, SeqCst);
     let (delay, answer) = {
-        let knobs = shared.knobs.lock();
-        (knobs.login_delay, knobs.login_answer.clone())
+        let mut knobs = shared.knobs.lock();
+        let answer = knobs
+            .login_queue
+            .pop_front()
+            .unwrap_or_else(|| knobs.login_answer.clone());
+        (knobs.login_delay, answer)
     };
     tokio::time::sleep(delay).await;
     if !basic_ok(&headers) {
@@ -423,12 +468,12 @@ async fn token(
 ) -> Response {
     shared.counters.refreshes.fetch_add(1, SeqCst);
     let (delay, answer, rotate) = {
-        let knobs = shared.knobs.lock();
-        (
-            knobs.refresh_delay,
-            knobs.refresh_answer.clone(),
-            knobs.rotate_refresh_tokens,
-        )
+        let mut knobs = shared.knobs.lock();
+        let answer = knobs
+            .refresh_queue
+            .pop_front()
+            .unwrap_or_else(|| knobs.refresh_answer.clone());
+        (knobs.refresh_delay, answer, knobs.rotate_refresh_tokens)
     };
     tokio::time::sleep(delay).await;
     let invalid_grant = |description: &str| {
@@ -526,6 +571,12 @@ async fn sign_up(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     shared.counters.api_calls.fetch_add(1, SeqCst);
     let headers = request.headers();
+    let redirect = shared
+        .knobs
+        .lock()
+        .redirects
+        .get(request.uri().path())
+        .cloned();
     let ow_ids: Vec<String> = headers
         .get_all("x-iaa-ow-id")
         .iter()
@@ -539,6 +590,13 @@ async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> R
         valid_bearer,
         ow_ids: ow_ids.clone(),
     });
+    if let Some(location) = redirect {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response();
+    }
     if !valid_bearer {
         shared.counters.unauthorized.fetch_add(1, SeqCst);
         return envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized");
