@@ -29,8 +29,12 @@ pub(crate) struct Inner {
     origin: Origin,
 }
 
+/// The most redirects the policy of [`IqmAuth::redirect_policy`] follows, as reqwest's default.
+const MAX_REDIRECTS: usize = 10;
+
 /// The scheme, host and port whose requests are authenticated, and the auth endpoints below the
 /// base URL, whose requests pass through untouched.
+#[derive(Clone)]
 struct Origin {
     scheme: String,
     host: String,
@@ -154,6 +158,51 @@ impl IqmAuth {
         self.inner.session.sign_up(email.as_ref(), &password).await
     }
 
+    /// A redirect policy for the `reqwest::Client` under the middleware, so that IQM's
+    /// credentials never leave IQM's origin.
+    ///
+    /// reqwest follows redirects below the middleware and strips only `Authorization` when one
+    /// leaves the origin: `X-IAA-OW-ID` (and any other header) would follow a redirect to
+    /// another host, or from https to http. With this policy, a redirect chain that starts at
+    /// IQM's origin is followed only while it stays there (scheme, host and port); one that leaves
+    /// is not followed, and its 3xx response is handed back to the caller. Chains that start
+    /// elsewhere are followed as reqwest's default does (at most 10 hops).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let auth = iqm_auth::IqmAuth::builder().client_credentials("i", "s")
+    /// #     .workspace_host("acme.iqm.com").credentials("e", "p").build()?;
+    /// let http = reqwest::Client::builder()
+    ///     .redirect(auth.redirect_policy())
+    ///     .build()?;
+    /// let client = iqm_auth::reqwest_middleware::ClientBuilder::new(http)
+    ///     .with(auth)
+    ///     .build();
+    /// # let _ = client;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn redirect_policy(&self) -> reqwest::redirect::Policy {
+        let iqm = self.inner.origin.clone();
+        reqwest::redirect::Policy::custom(move |attempt| {
+            let from_iqm = attempt
+                .previous()
+                .first()
+                .is_some_and(|url| iqm.is_iqm(url));
+            if from_iqm && !iqm.is_iqm(attempt.url()) {
+                tracing::warn!(
+                    status = %attempt.status(),
+                    "not following a redirect away from IQM's origin"
+                );
+                attempt.stop()
+            } else if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        })
+    }
+
     /// A snapshot of what the layer has done: logins, refreshes, renewals by reason, replays.
     pub fn stats(&self) -> Stats {
         self.inner.session.stats()
@@ -174,5 +223,46 @@ impl fmt::Debug for IqmAuth {
             .field("replay_unauthorized", &inner.replay_unauthorized)
             .field("session", &inner.session)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(base: &str) -> Origin {
+        Origin::of(&Url::parse(base).unwrap())
+    }
+
+    #[test]
+    fn the_origin_is_scheme_host_and_port() {
+        let iqm = origin("https://api.iqm.com/");
+        let is_iqm = |url: &str| iqm.is_iqm(&Url::parse(url).unwrap());
+        assert!(is_iqm("https://api.iqm.com/api/v3/x"));
+        assert!(is_iqm("https://API.IQM.COM:443/x"));
+        assert!(
+            !is_iqm("http://api.iqm.com/x"),
+            "https to http is another origin"
+        );
+        assert!(!is_iqm("https://api.iqm.com:8443/x"));
+        assert!(!is_iqm("https://app.iqm.com/x"));
+        assert!(!is_iqm("https://api.iqm.com.evil.example/x"));
+    }
+
+    #[test]
+    fn auth_endpoints_are_recognised_below_a_base_path() {
+        let iqm = origin("http://127.0.0.1:8080/iqm/");
+        let is_auth = |url: &str| iqm.is_auth_endpoint(&Url::parse(url).unwrap());
+        assert!(is_auth("http://127.0.0.1:8080/iqm/api/v3/ua/login"));
+        assert!(is_auth("http://127.0.0.1:8080/iqm/api/v3/ua/oauth/token"));
+        assert!(is_auth("http://127.0.0.1:8080/iqm/api/v3/ua/sign-up"));
+        assert!(!is_auth("http://127.0.0.1:8080/iqm/api/v3/ua/logout"));
+        assert!(!is_auth("http://127.0.0.1:8080/api/v3/ua/login"));
+    }
+
+    #[test]
+    fn iqm_auth_is_send_sync_static_and_clone() {
+        fn check<T: Send + Sync + Clone + 'static>() {}
+        check::<IqmAuth>();
     }
 }
