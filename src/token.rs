@@ -294,3 +294,46 @@ mod tests {
         assert_eq!(token.ow_id_header, "7");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (0u64..100_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            any::<u64>().prop_map(Duration::from_secs),
+            Just(Duration::MAX),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn deadlines_are_ordered_bounded_and_never_panic(lifetime in duration(), margin in duration()) {
+            let issued = Instant::now();
+            let d = Deadlines::compute(issued, lifetime, margin);
+            prop_assert!(issued <= d.renew_at && d.renew_at <= d.expires_at);
+            prop_assert!(d.expires_at - issued <= MAX_TOKEN_LIFETIME);
+            let life = lifetime.min(MAX_TOKEN_LIFETIME);
+            prop_assert_eq!(d.expires_at - issued, life);
+            // The margin never eats more than a quarter of the life.
+            prop_assert!(d.renew_at - issued >= life - life / 4);
+            prop_assert_eq!(d.freshness(issued) == Freshness::Fresh, d.renew_at > issued);
+        }
+
+        #[test]
+        fn any_expires_in_number_gives_a_bounded_lifetime(seconds in any::<f64>()) {
+            let lifetime = lifetime_from_expires_in(Some(&serde_json::json!(seconds)));
+            prop_assert!(lifetime <= MAX_TOKEN_LIFETIME);
+            let as_string = lifetime_from_expires_in(Some(&Value::String(seconds.to_string())));
+            prop_assert!(as_string <= MAX_TOKEN_LIFETIME);
+        }
+
+        #[test]
+        fn any_string_checks_without_panic(token in ".*") {
+            let ok = check_token_bytes(&token).is_ok();
+            prop_assert_eq!(ok, !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+}
