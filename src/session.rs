@@ -37,6 +37,10 @@ use crate::token::{CachedToken, Deadlines, Freshness, TokenSet};
 /// (the token it holds is still valid meanwhile).
 const PROACTIVE_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
+/// A token is trusted to stay fresh without clock reads only if its renewal deadline is at least
+/// this far away when it is stored, so that a late timer cannot let an expired token be used.
+const MIN_TIMER_LEAD: Duration = Duration::from_secs(1);
+
 /// How many times a caller starts a renewal again when the one it waited on was interrupted
 /// before it answered (its task aborted, e.g. by a runtime shutting down).
 const INTERRUPTED_FLIGHT_RETRIES: usize = 2;
@@ -65,6 +69,7 @@ struct Policy {
     rejection_cool_down: Duration,
     auth_attempts: u32,
     background_renewal: bool,
+    timer_marks_due: bool,
 }
 
 pub(crate) struct Session {
@@ -170,6 +175,7 @@ impl Session {
                 rejection_cool_down: config.rejection_cool_down,
                 auth_attempts: config.auth_attempts,
                 background_renewal: config.background_renewal,
+                timer_marks_due: config.timer_marks_due,
             },
             current: ArcSwapOption::empty(),
             flights: Mutex::new(Flights::default()),
@@ -189,6 +195,10 @@ impl Session {
     ) -> Option<R> {
         let guard = self.current.load();
         let token = guard.as_deref()?;
+        if token.known_fresh() {
+            token.mark_used();
+            return Some(with(token));
+        }
         match token.deadlines.freshness(self.clock.now()) {
             Freshness::Fresh => {}
             Freshness::RenewSoon => {
@@ -392,12 +402,20 @@ impl Session {
             .or_else(|| refreshed_from.and_then(|t| t.refresh_token.clone()));
         let deadlines = Deadlines::compute(issued, set.expires_in, self.policy.refresh_margin);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        // The hot path may skip its clock read only while the renewer's timer can be trusted to
+        // mark the deadline in time: not for a token due within moments.
+        let known_fresh = self.policy.timer_marks_due
+            && deadlines
+                .renew_at
+                .saturating_duration_since(self.clock.now())
+                >= MIN_TIMER_LEAD;
         CachedToken::new(
             generation,
             set.access_token,
             refresh_token,
             ow_id,
             deadlines,
+            known_fresh,
         )
         .map(Arc::new)
         .map_err(invalid)
@@ -539,7 +557,11 @@ async fn renew_ahead_of_expiry(session: Weak<Session>, wake: Arc<Notify>) {
             match session.current() {
                 Some(token) => {
                     let now = session.clock.now();
-                    match token.deadlines.freshness(now) {
+                    let freshness = token.deadlines.freshness(now);
+                    if freshness != Freshness::Fresh {
+                        token.forget_known_fresh();
+                    }
+                    match freshness {
                         Freshness::Fresh => Some(token.deadlines.renew_at - now),
                         Freshness::RenewSoon if token.was_used() => {
                             match session
@@ -591,6 +613,7 @@ mod tests {
             rejection_cool_down: Duration::from_secs(30),
             auth_attempts: 3,
             background_renewal: true,
+            timer_marks_due: true,
         }
     }
 

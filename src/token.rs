@@ -136,6 +136,10 @@ pub(crate) struct CachedToken {
     /// Set by the first request that finds this token due for renewal, so that only that one
     /// request starts the early renewal.
     renewal_claimed: AtomicBool,
+    /// While set, the token is known to be before its renewal deadline without reading the
+    /// clock: the background renewer clears it when the deadline passes. Never set for a
+    /// session that reads the clock on every request (a custom clock, or no background renewer).
+    known_fresh: AtomicBool,
 }
 
 impl CachedToken {
@@ -145,9 +149,10 @@ impl CachedToken {
         refresh_token: Option<Secret>,
         ow_id: u64,
         deadlines: Deadlines,
+        known_fresh: bool,
     ) -> Result<Self, &'static str> {
         let bearer = sensitive_header(format!("Bearer {}", access_token.expose()))?;
-        let ow_id_header = sensitive_header(ow_id.to_string())?;
+        let ow_id_header = ow_id_header(ow_id);
         Ok(Self {
             generation,
             bearer,
@@ -158,6 +163,7 @@ impl CachedToken {
             deadlines,
             used: AtomicBool::new(false),
             renewal_claimed: AtomicBool::new(false),
+            known_fresh: AtomicBool::new(known_fresh),
         })
     }
 
@@ -166,6 +172,16 @@ impl CachedToken {
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the token is known to be fresh without a look at the clock.
+    pub(crate) fn known_fresh(&self) -> bool {
+        self.known_fresh.load(Ordering::Relaxed)
+    }
+
+    /// From now on, callers read the clock to tell how fresh this token is.
+    pub(crate) fn forget_known_fresh(&self) {
+        self.known_fresh.store(false, Ordering::Relaxed);
     }
 
     /// True for the first caller only.
@@ -177,6 +193,36 @@ impl CachedToken {
     pub(crate) fn was_used(&self) -> bool {
         self.used.load(Ordering::Relaxed)
     }
+}
+
+/// How many distinct workspace ids get an interned header value.
+const MAX_INTERNED_OW_IDS: usize = 16;
+
+/// The `X-IAA-OW-ID` header value, marked sensitive. The first few distinct workspace ids of the
+/// process are interned (a process almost always has one, and they are not secret), so that
+/// their header value is static and cloning it into each request touches no reference count.
+fn ow_id_header(ow_id: u64) -> HeaderValue {
+    static INTERNED: parking_lot::Mutex<Vec<(u64, &'static str)>> =
+        parking_lot::Mutex::new(Vec::new());
+    let text = {
+        let mut interned = INTERNED.lock();
+        match interned.iter().find(|(id, _)| *id == ow_id) {
+            Some((_, text)) => Some(*text),
+            None if interned.len() < MAX_INTERNED_OW_IDS => {
+                let text: &'static str = Box::leak(ow_id.to_string().into_boxed_str());
+                interned.push((ow_id, text));
+                Some(text)
+            }
+            None => None,
+        }
+    };
+    let mut header = match text {
+        // Digits only: always a valid header value.
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(ow_id),
+    };
+    header.set_sensitive(true);
+    header
 }
 
 fn sensitive_header(value: String) -> Result<HeaderValue, &'static str> {
@@ -287,7 +333,7 @@ mod tests {
     #[test]
     fn header_values_are_marked_sensitive() {
         let d = Deadlines::compute(Instant::now(), MINUTE, Duration::ZERO);
-        let token = CachedToken::new(1, Secret::new("tok"), None, 7, d).unwrap();
+        let token = CachedToken::new(1, Secret::new("tok"), None, 7, d, false).unwrap();
         assert!(token.bearer.is_sensitive());
         assert!(token.ow_id_header.is_sensitive());
         assert_eq!(token.bearer, "Bearer tok");

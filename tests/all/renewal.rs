@@ -223,3 +223,25 @@ async fn a_forced_renewal_replaces_the_token() {
     assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (1, 1));
     assert_eq!(h.auth.stats().renewals_forced, 1);
 }
+
+#[tokio::test]
+async fn a_renewed_token_first_used_inside_its_margin_is_renewed_without_a_wait() {
+    // 8 s tokens, renewed 2 s before expiry. The first token is used, so the background
+    // renewer refreshes it at 6 s; nothing uses the second one until 12.7 s, inside its margin
+    // (12 s to 14 s): that request is served at once and starts the next renewal.
+    let h = Harness::start().await;
+    h.iqm.set_token_lifetime(Duration::from_secs(8));
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    let started = std::time::Instant::now();
+    eventually("the first background refresh", || h.iqm.refreshes() == 1).await;
+    tokio::time::sleep(Duration::from_millis(12_700).saturating_sub(started.elapsed())).await;
+
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+
+    eventually("the second refresh", || h.iqm.refreshes() == 2).await;
+    let stats = h.auth.stats();
+    assert_eq!(stats.renewals_proactive, 2);
+    assert_eq!(stats.renewals_expired, 0);
+    assert_eq!(h.iqm.logins(), 1);
+    assert_eq!(h.iqm.unauthorized(), 0);
+}
