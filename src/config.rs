@@ -10,6 +10,7 @@ use crate::IqmAuth;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::secret::Secret;
+use crate::store::{MemoryTokenStore, NewTokensHook, StoredTokens, TokenStore};
 
 /// IQM's production API.
 pub const DEFAULT_BASE_URL: &str = "https://api.iqm.com";
@@ -74,6 +75,8 @@ pub struct IqmAuthBuilder {
     /// `None`: the system clock.
     clock: Option<Arc<dyn Clock>>,
     http_client: Option<reqwest::Client>,
+    token_store: Option<Arc<dyn TokenStore>>,
+    on_new_tokens: Option<NewTokensHook>,
 }
 
 impl Default for IqmAuthBuilder {
@@ -94,6 +97,8 @@ impl Default for IqmAuthBuilder {
             background_renewal: true,
             clock: None,
             http_client: None,
+            token_store: None,
+            on_new_tokens: None,
         }
     }
 }
@@ -194,6 +199,20 @@ impl IqmAuthBuilder {
         self
     }
 
+    /// Where the session is kept across restarts; a [`MemoryTokenStore`] of its own if not set.
+    /// See [`TokenStore`] for when it is read and written.
+    pub fn token_store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.token_store = Some(store);
+        self
+    }
+
+    /// Called with every new token set obtained from IQM (after it is saved to the token
+    /// store), for keeping tokens somewhere of your own. Keep it quick: renewals wait for it.
+    pub fn on_new_tokens(mut self, hook: impl Fn(&StoredTokens) + Send + Sync + 'static) -> Self {
+        self.on_new_tokens = Some(NewTokensHook(Arc::new(hook)));
+        self
+    }
+
     /// Checks the settings and builds the middleware. Sends nothing.
     ///
     /// # Errors
@@ -232,6 +251,10 @@ impl IqmAuthBuilder {
             // time) can tell the hot path when a token is due, sparing it a clock read.
             timer_marks_due: self.background_renewal && self.clock.is_none(),
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            token_store: self
+                .token_store
+                .unwrap_or_else(|| Arc::new(MemoryTokenStore::default())),
+            on_new_tokens: self.on_new_tokens,
             http,
         })
     }
@@ -315,6 +338,8 @@ pub(crate) struct Config {
     pub(crate) background_renewal: bool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) timer_marks_due: bool,
+    pub(crate) token_store: Arc<dyn TokenStore>,
+    pub(crate) on_new_tokens: Option<NewTokensHook>,
     pub(crate) http: reqwest::Client,
 }
 

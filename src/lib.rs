@@ -21,6 +21,7 @@ mod middleware;
 mod secret;
 mod session;
 mod stats;
+mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
@@ -38,4 +39,7 @@ pub use middleware::OW_ID_HEADER;
 pub use reqwest_middleware;
 pub use secret::Secret;
 pub use stats::{RenewReason, Stats};
+#[cfg(feature = "file-store")]
+pub use store::FileTokenStore;
+pub use store::{MemoryTokenStore, StoreError, StoredTokens, TokenStore};
 pub use token::{ASSUMED_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, TokenSet};

@@ -15,9 +15,9 @@
 //!   get the same error at once, without an auth call.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -31,7 +31,8 @@ use crate::error::{AuthEndpoint, AuthError, ConfigError};
 use crate::iqm_api::IqmApi;
 use crate::secret::Secret;
 use crate::stats::{Counters, RenewReason, Stats};
-use crate::token::{CachedToken, Deadlines, Freshness, TokenSet};
+use crate::store::{NewTokensHook, StoreError, StoredTokens, TokenStore};
+use crate::token::{CachedToken, Deadlines, Freshness, TokenSet, check_token_bytes};
 
 /// How long the background renewer waits before it tries again after a failed early renewal
 /// (the token it holds is still valid meanwhile).
@@ -40,6 +41,9 @@ const PROACTIVE_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// A token is trusted to stay fresh without clock reads only if its renewal deadline is at least
 /// this far away when it is stored, so that a late timer cannot let an expired token be used.
 const MIN_TIMER_LEAD: Duration = Duration::from_secs(1);
+
+/// The most a token store may take to load, save or clear.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many times a caller starts a renewal again when the one it waited on was interrupted
 /// before it answered (its task aborted, e.g. by a runtime shutting down).
@@ -85,7 +89,18 @@ pub(crate) struct Session {
     refused_refresh: AtomicU64,
     renewer: Mutex<Option<AbortHandle>>,
     renewer_wake: Arc<Notify>,
+    store: Arc<dyn TokenStore>,
+    /// Whether the store was read (once, before the first login).
+    store_consulted: AtomicBool,
+    on_new_tokens: Option<NewTokensHook>,
     pub(crate) counters: Counters,
+}
+
+/// Where an obtained token came from: only new sets from IQM are saved to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Iqm,
+    Store,
 }
 
 #[derive(Default)]
@@ -183,6 +198,9 @@ impl Session {
             refused_refresh: AtomicU64::new(0),
             renewer: Mutex::new(None),
             renewer_wake: Arc::new(Notify::new()),
+            store: config.token_store,
+            store_consulted: AtomicBool::new(false),
+            on_new_tokens: config.on_new_tokens,
             counters: Counters::default(),
         })
     }
@@ -305,10 +323,20 @@ impl Session {
     /// refresh-token grant when a refresh token is cached, and a password login when there is
     /// none or IQM refuses the refresh (a transient refresh failure is returned as it is: IQM is
     /// in trouble, and a login would only add load).
-    async fn obtain(&self, reason: RenewReason) -> Result<Arc<CachedToken>, AuthError> {
+    async fn obtain(&self, reason: RenewReason) -> Result<(Arc<CachedToken>, Source), AuthError> {
         let budget = self.policy.acquire_timeout;
         tokio::time::timeout(budget, async {
-            let previous = self.current.load_full();
+            let mut previous = self.current.load_full();
+            if previous.is_none() && !self.store_consulted.swap(true, Ordering::Relaxed) {
+                match self.load_stored().await {
+                    Some(stored) if stored.deadlines.freshness(self.clock.now()) != Freshness::Expired => {
+                        info!(%reason, "resumed the stored IQM session");
+                        return Ok((stored, Source::Store));
+                    }
+                    // Expired: its refresh token may still renew it.
+                    stored => previous = stored,
+                }
+            }
             let refused = self.refused_refresh.load(Ordering::Relaxed);
             if let Some(previous) = previous.as_deref().filter(|p| p.generation != refused) {
                 if let Some(refresh_token) = &previous.refresh_token {
@@ -323,7 +351,7 @@ impl Session {
                     match refreshed {
                         Ok(token) => {
                             info!(%reason, "refreshed the IQM token");
-                            return Ok(token);
+                            return Ok((token, Source::Iqm));
                         }
                         Err(err) if err.is_transient() => return Err(err),
                         Err(err) => {
@@ -342,7 +370,7 @@ impl Session {
                 })
                 .await?;
             info!(%reason, "logged in to IQM");
-            self.cache(set, issued, None)
+            self.cache(set, issued, None).map(|token| (token, Source::Iqm))
         })
         .await
         .unwrap_or(Err(AuthError::BudgetExhausted(budget)))
@@ -400,7 +428,25 @@ impl Session {
         let refresh_token = set
             .refresh_token
             .or_else(|| refreshed_from.and_then(|t| t.refresh_token.clone()));
-        let deadlines = Deadlines::compute(issued, set.expires_in, self.policy.refresh_margin);
+        self.token(
+            set.access_token,
+            refresh_token,
+            ow_id,
+            issued,
+            set.expires_in,
+        )
+        .map_err(invalid)
+    }
+
+    fn token(
+        &self,
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        ow_id: u64,
+        issued: Instant,
+        lifetime: Duration,
+    ) -> Result<Arc<CachedToken>, &'static str> {
+        let deadlines = Deadlines::compute(issued, lifetime, self.policy.refresh_margin);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         // The hot path may skip its clock read only while the renewer's timer can be trusted to
         // mark the deadline in time: not for a token due within moments.
@@ -411,14 +457,80 @@ impl Session {
                 >= MIN_TIMER_LEAD;
         CachedToken::new(
             generation,
-            set.access_token,
+            access_token,
             refresh_token,
             ow_id,
             deadlines,
             known_fresh,
         )
         .map(Arc::new)
-        .map_err(invalid)
+    }
+
+    /// The token set kept by the store, if it holds a usable one. Reported and ignored when
+    /// the store fails or holds something unusable.
+    async fn load_stored(&self) -> Option<Arc<CachedToken>> {
+        let stored = match self.bounded_store_call(self.store.load()).await {
+            Ok(stored) => stored?,
+            Err(err) => {
+                self.counters.store_error();
+                warn!(error = %err, "could not load the stored IQM session; logging in");
+                return None;
+            }
+        };
+        let tokens_ok = check_token_bytes(stored.access_token.expose()).is_ok()
+            && stored
+                .refresh_token
+                .as_ref()
+                .is_none_or(|t| check_token_bytes(t.expose()).is_ok());
+        let token = tokens_ok
+            .then(|| {
+                let remaining = stored.remaining();
+                self.token(
+                    stored.access_token,
+                    stored.refresh_token,
+                    stored.ow_id,
+                    self.clock.now(),
+                    remaining,
+                )
+                .ok()
+            })
+            .flatten();
+        if token.is_none() {
+            self.counters.store_error();
+            warn!("the stored IQM session holds an unusable token; logging in");
+        }
+        token
+    }
+
+    /// Hands a new token set from IQM to the store and the `on_new_tokens` hook.
+    async fn persist(&self, token: &CachedToken) {
+        let remaining = token
+            .deadlines
+            .expires_at
+            .saturating_duration_since(self.clock.now());
+        let stored = StoredTokens::new(
+            token.access_token.clone(),
+            token.refresh_token.clone(),
+            token.ow_id,
+            SystemTime::now() + remaining,
+        );
+        if let Err(err) = self.bounded_store_call(self.store.save(&stored)).await {
+            self.counters.store_error();
+            warn!(error = %err, "could not save the IQM session");
+        }
+        if let Some(NewTokensHook(hook)) = &self.on_new_tokens {
+            hook(&stored);
+        }
+    }
+
+    /// A store call, given [`STORE_TIMEOUT`] so that a hanging store cannot hold up renewals.
+    async fn bounded_store_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(STORE_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Other("timed out".into())))
     }
 
     /// Forgets the cached token and invalidates it at IQM.
@@ -427,6 +539,11 @@ impl Session {
             let _flights = self.flights.lock();
             self.current.swap(None)
         };
+        self.store_consulted.store(true, Ordering::Relaxed);
+        if let Err(err) = self.bounded_store_call(self.store.clear()).await {
+            self.counters.store_error();
+            warn!(error = %err, "could not clear the stored IQM session");
+        }
         match token {
             Some(token) => self.api.logout(&token.access_token).await,
             None => Ok(()),
@@ -519,7 +636,16 @@ impl Drop for ReleaseFlight {
 /// One renewal, from the first auth call to the stored token and the answer to its waiters.
 async fn fly(release: ReleaseFlight, reason: RenewReason, sender: watch::Sender<Answer>) {
     let session = &release.session;
-    let result = session.obtain(reason).await;
+    let result = match session.obtain(reason).await {
+        Ok((token, source)) => {
+            // Before the token is published, so that stored sets follow the order of renewals.
+            if source == Source::Iqm {
+                session.persist(&token).await;
+            }
+            Ok(token)
+        }
+        Err(err) => Err(err),
+    };
     {
         let mut flights = session.flights.lock();
         if let Ok(token) = &result {

@@ -21,6 +21,20 @@ pub enum RenewReason {
     Forced,
 }
 
+impl RenewReason {
+    /// A short label for logs and metrics: `first_use`, `proactive`, `expired`, `unauthorized`
+    /// or `forced`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FirstUse => "first_use",
+            Self::Proactive => "proactive",
+            Self::Expired => "expired",
+            Self::Unauthorized => "unauthorized",
+            Self::Forced => "forced",
+        }
+    }
+}
+
 impl fmt::Display for RenewReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -63,6 +77,8 @@ pub struct Stats {
     pub failures_rejected: u64,
     /// Failed renewals whose answer was unusable (not JSON, missing fields, bad token bytes).
     pub failures_invalid_response: u64,
+    /// Token store loads, saves or clears that failed, and stored sessions that were unusable.
+    pub store_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -76,33 +92,48 @@ pub(crate) struct Counters {
     failures_transient: AtomicU64,
     failures_rejected: AtomicU64,
     failures_invalid_response: AtomicU64,
+    store_errors: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn login(&self) {
         self.logins.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_logins_total", None);
     }
     pub(crate) fn refresh(&self) {
         self.refreshes.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_refreshes_total", None);
     }
     pub(crate) fn renewal(&self, reason: RenewReason) {
         self.renewals[reason as usize].fetch_add(1, Relaxed);
+        publish::count("iqm_auth_renewals_total", Some(("reason", reason.label())));
     }
     pub(crate) fn replay(&self) {
         self.unauthorized_replays.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_unauthorized_replays_total", None);
     }
     pub(crate) fn shared_wait(&self) {
         self.shared_waits.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_shared_waits_total", None);
     }
     pub(crate) fn failed_renewal(&self, err: &AuthError) {
         self.failed_renewals.fetch_add(1, Relaxed);
-        let by_class = match err.class() {
-            "transient" => &self.failures_transient,
-            "rejected" => &self.failures_rejected,
-            "invalid_response" => &self.failures_invalid_response,
+        publish::count(
+            "iqm_auth_failed_renewals_total",
+            Some(("class", err.class())),
+        );
+        let by_class = match err {
+            err if err.is_transient() => &self.failures_transient,
+            AuthError::Rejected { .. } => &self.failures_rejected,
+            AuthError::InvalidResponse { .. } => &self.failures_invalid_response,
             _ => return,
         };
         by_class.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn store_error(&self) {
+        self.store_errors.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_store_errors_total", None);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -121,6 +152,21 @@ impl Counters {
             failures_transient: self.failures_transient.load(Relaxed),
             failures_rejected: self.failures_rejected.load(Relaxed),
             failures_invalid_response: self.failures_invalid_response.load(Relaxed),
+            store_errors: self.store_errors.load(Relaxed),
         }
     }
+}
+
+/// The `metrics` crate facade, with the `metrics` feature; nothing without it.
+mod publish {
+    #[cfg(feature = "metrics")]
+    pub(super) fn count(name: &'static str, label: Option<(&'static str, &'static str)>) {
+        match label {
+            Some((key, value)) => metrics::counter!(name, key => value).increment(1),
+            None => metrics::counter!(name).increment(1),
+        }
+    }
+
+    #[cfg(not(feature = "metrics"))]
+    pub(super) fn count(_name: &'static str, _label: Option<(&'static str, &'static str)>) {}
 }

@@ -1,0 +1,345 @@
+//! Keeping a session across restarts: the [`TokenStore`] trait, an in-memory store, and (with the
+//! `file-store` feature) a file store.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::secret::Secret;
+
+/// A token set as kept by a [`TokenStore`]: enough to resume a session without a login.
+///
+/// The expiry is wall-clock time, since monotonic instants do not survive a restart. `Debug`
+/// redacts the tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredTokens {
+    /// The bearer token.
+    pub access_token: Secret,
+    /// The refresh token, if IQM issued one.
+    pub refresh_token: Option<Secret>,
+    /// The Organization Workspace ID.
+    pub ow_id: u64,
+    /// When the access token expires.
+    pub expires_at: SystemTime,
+}
+
+impl StoredTokens {
+    /// A stored token set.
+    pub fn new(
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        ow_id: u64,
+        expires_at: SystemTime,
+    ) -> Self {
+        Self {
+            access_token,
+            refresh_token,
+            ow_id,
+            expires_at,
+        }
+    }
+
+    /// How long the access token still lives, zero if it has expired.
+    pub fn remaining(&self) -> Duration {
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Why a [`TokenStore`] could not load, save or clear.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Reading or writing failed.
+    #[error("the token store could not be read or written: {0}")]
+    Io(#[from] std::io::Error),
+    /// What the store holds cannot be read as a token set. It is left as it is.
+    #[error("the token store holds something unreadable: {0}")]
+    Corrupt(String),
+    /// Any other failure of a store of your own.
+    #[error("the token store failed: {0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where the layer keeps its token set between runs.
+///
+/// The layer calls [`load`](Self::load) once, before its first login: a stored set whose access
+/// token is still valid is used without a login, and one whose access token has expired is
+/// renewed with its refresh token. It calls [`save`](Self::save) after every new token set from
+/// IQM (a rotated refresh token included) and [`clear`](Self::clear) on logout. Errors are
+/// logged and counted ([`Stats::store_errors`](crate::Stats::store_errors)) and otherwise
+/// ignored: a broken store costs a login, never a failed request.
+#[async_trait::async_trait]
+pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
+    /// The stored token set, or `None` if there is none.
+    async fn load(&self) -> Result<Option<StoredTokens>, StoreError>;
+    /// Replaces the stored token set.
+    async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError>;
+    /// Forgets the stored token set.
+    async fn clear(&self) -> Result<(), StoreError>;
+}
+
+/// A [`TokenStore`] in memory: the default. Share one (`Arc`) between several `IqmAuth` in a
+/// process so that the second one starts with the first one's session.
+///
+/// ```
+/// use std::sync::Arc;
+/// use iqm_auth::{MemoryTokenStore, TokenStore};
+///
+/// let store = Arc::new(MemoryTokenStore::default());
+/// # let _ = iqm_auth::IqmAuth::builder().token_store(store.clone() as Arc<dyn TokenStore>);
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryTokenStore {
+    tokens: parking_lot::Mutex<Option<StoredTokens>>,
+}
+
+#[async_trait::async_trait]
+impl TokenStore for MemoryTokenStore {
+    async fn load(&self) -> Result<Option<StoredTokens>, StoreError> {
+        Ok(self.tokens.lock().clone())
+    }
+    async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
+        *self.tokens.lock() = Some(tokens.clone());
+        Ok(())
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        *self.tokens.lock() = None;
+        Ok(())
+    }
+}
+
+/// Called with every new token set the layer obtains from IQM, for users who keep tokens
+/// somewhere of their own. Set with
+/// [`IqmAuthBuilder::on_new_tokens`](crate::IqmAuthBuilder::on_new_tokens).
+#[derive(Clone)]
+pub(crate) struct NewTokensHook(pub(crate) Arc<dyn Fn(&StoredTokens) + Send + Sync>);
+
+impl fmt::Debug for NewTokensHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewTokensHook")
+    }
+}
+
+#[cfg(feature = "file-store")]
+pub use file::FileTokenStore;
+
+#[cfg(feature = "file-store")]
+mod file {
+    use std::fs;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{StoreError, StoredTokens, TokenStore};
+    use crate::secret::Secret;
+
+    /// A [`TokenStore`] in a JSON file, written atomically (a temporary file in the same
+    /// folder, then a rename) and, on Unix, readable and writable by its owner only (`0600`).
+    ///
+    /// The file holds the tokens in clear: keep it where only the service's user can read it.
+    /// An unreadable or corrupt file is reported and left alone; the layer then logs in and
+    /// writes a good one over it.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use iqm_auth::{FileTokenStore, IqmAuth};
+    ///
+    /// let auth = IqmAuth::builder()
+    ///     // …credentials…
+    ///     .token_store(Arc::new(FileTokenStore::new("/var/lib/my-service/iqm-session.json")))
+    /// #   ;
+    /// ```
+    #[derive(Debug, Clone)]
+    #[cfg_attr(docsrs, doc(cfg(feature = "file-store")))]
+    pub struct FileTokenStore {
+        path: PathBuf,
+    }
+
+    impl FileTokenStore {
+        /// A store in the file at `path` (created on the first save; its folder must exist).
+        pub fn new(path: impl Into<PathBuf>) -> Self {
+            Self { path: path.into() }
+        }
+
+        /// The file's path.
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    /// The file's format. `version` lets a later format be told apart.
+    #[derive(Serialize, Deserialize)]
+    struct OnDisk {
+        version: u32,
+        access_token: String,
+        refresh_token: Option<String>,
+        ow_id: u64,
+        expires_at_unix_ms: u64,
+    }
+
+    const FORMAT_VERSION: u32 = 1;
+
+    impl OnDisk {
+        fn from_tokens(tokens: &StoredTokens) -> Self {
+            let since_epoch = tokens
+                .expires_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO);
+            Self {
+                version: FORMAT_VERSION,
+                access_token: tokens.access_token.expose().to_owned(),
+                refresh_token: tokens.refresh_token.as_ref().map(|t| t.expose().to_owned()),
+                ow_id: tokens.ow_id,
+                expires_at_unix_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
+            }
+        }
+
+        fn into_tokens(self) -> Result<StoredTokens, StoreError> {
+            if self.version != FORMAT_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown format version {}",
+                    self.version
+                )));
+            }
+            let expires_at = UNIX_EPOCH
+                .checked_add(Duration::from_millis(self.expires_at_unix_ms))
+                .ok_or_else(|| StoreError::Corrupt("expiry out of range".into()))?;
+            Ok(StoredTokens::new(
+                Secret::new(self.access_token),
+                self.refresh_token.map(Secret::new),
+                self.ow_id,
+                expires_at,
+            ))
+        }
+    }
+
+    fn read(path: &Path) -> Result<Option<StoredTokens>, StoreError> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        // serde_json's message names a position and an expectation, never the content.
+        let on_disk: OnDisk = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        on_disk.into_tokens().map(Some)
+    }
+
+    fn write(path: &Path, tokens: &StoredTokens) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(&OnDisk::from_tokens(tokens))
+            .map_err(|e| StoreError::Other(Box::new(e)))?;
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let temporary = folder.join(format!(".{name}.{}.tmp", std::process::id()));
+        let result = (|| {
+            let mut options = fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&temporary)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&temporary, path)
+        })();
+        if result.is_err() {
+            // Only the temporary file of this write is removed, never the store itself.
+            let _ = fs::remove_file(&temporary);
+        }
+        Ok(result?)
+    }
+
+    fn remove(path: &Path) -> Result<(), StoreError> {
+        match fs::remove_file(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| StoreError::Other(Box::new(e)))?
+    }
+
+    #[async_trait::async_trait]
+    impl TokenStore for FileTokenStore {
+        async fn load(&self) -> Result<Option<StoredTokens>, StoreError> {
+            let path = self.path.clone();
+            blocking(move || read(&path)).await
+        }
+        async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
+            let (path, tokens) = (self.path.clone(), tokens.clone());
+            blocking(move || write(&path, &tokens)).await
+        }
+        async fn clear(&self) -> Result<(), StoreError> {
+            let path = self.path.clone();
+            blocking(move || remove(&path)).await
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::time::SystemTime;
+
+        fn tokens() -> StoredTokens {
+            StoredTokens::new(
+                Secret::new("access"),
+                Some(Secret::new("refresh")),
+                200_001,
+                UNIX_EPOCH + Duration::from_millis(1_900_000_000_123),
+            )
+        }
+
+        #[tokio::test]
+        async fn a_saved_session_loads_back_unchanged() {
+            let folder = tempfile::tempdir().unwrap();
+            let store = FileTokenStore::new(folder.path().join("session.json"));
+            assert_eq!(store.load().await.unwrap(), None);
+            store.save(&tokens()).await.unwrap();
+            assert_eq!(store.load().await.unwrap(), Some(tokens()));
+            store.clear().await.unwrap();
+            assert_eq!(store.load().await.unwrap(), None);
+            store.clear().await.unwrap();
+        }
+
+        #[cfg(unix)]
+        #[tokio::test]
+        async fn the_file_is_readable_by_its_owner_only() {
+            use std::os::unix::fs::PermissionsExt;
+            let folder = tempfile::tempdir().unwrap();
+            let store = FileTokenStore::new(folder.path().join("session.json"));
+            store.save(&tokens()).await.unwrap();
+            let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            // Nothing else is left in the folder: the temporary file was renamed.
+            assert_eq!(fs::read_dir(folder.path()).unwrap().count(), 1);
+        }
+
+        #[tokio::test]
+        async fn a_corrupt_file_is_an_error_and_is_left_alone() {
+            let folder = tempfile::tempdir().unwrap();
+            let path = folder.path().join("session.json");
+            fs::write(&path, b"{\"version\":1,\"access_tok").unwrap();
+            let store = FileTokenStore::new(&path);
+            assert!(matches!(store.load().await, Err(StoreError::Corrupt(_))));
+            assert_eq!(fs::read(&path).unwrap(), b"{\"version\":1,\"access_tok");
+        }
+
+        #[test]
+        fn remaining_is_zero_once_expired() {
+            let expired = StoredTokens::new(Secret::new("a"), None, 1, SystemTime::UNIX_EPOCH);
+            assert_eq!(expired.remaining(), Duration::ZERO);
+        }
+    }
+}
