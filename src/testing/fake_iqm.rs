@@ -96,6 +96,7 @@ struct Knobs {
     refresh_queue: VecDeque<Answer>,
     rotate_refresh_tokens: bool,
     redirects: HashMap<String, String>,
+    api_queue: VecDeque<u16>,
 }
 
 impl Default for Knobs {
@@ -111,6 +112,7 @@ impl Default for Knobs {
             refresh_queue: VecDeque::new(),
             rotate_refresh_tokens: true,
             redirects: HashMap::new(),
+            api_queue: VecDeque::new(),
         }
     }
 }
@@ -277,6 +279,12 @@ impl FakeIqm {
     /// Like [`queue_login_answers`](Self::queue_login_answers), for refresh calls.
     pub fn queue_refresh_answers(&self, answers: impl IntoIterator<Item = Answer>) {
         self.shared.knobs.lock().refresh_queue.extend(answers);
+    }
+
+    /// Answers the next calls to the protected API with these statuses, one each, whatever
+    /// their token, before it checks tokens again: e.g. a 503 for a retry layer to retry.
+    pub fn queue_api_answers(&self, statuses: impl IntoIterator<Item = u16>) {
+        self.shared.knobs.lock().api_queue.extend(statuses);
     }
 
     /// Answers requests to `path` on the protected API with `307 Temporary Redirect` to
@@ -571,12 +579,11 @@ async fn sign_up(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     shared.counters.api_calls.fetch_add(1, SeqCst);
     let headers = request.headers();
-    let redirect = shared
-        .knobs
-        .lock()
-        .redirects
-        .get(request.uri().path())
-        .cloned();
+    let (redirect, queued) = {
+        let mut knobs = shared.knobs.lock();
+        let redirect = knobs.redirects.get(request.uri().path()).cloned();
+        (redirect, knobs.api_queue.pop_front())
+    };
     let ow_ids: Vec<String> = headers
         .get_all("x-iaa-ow-id")
         .iter()
@@ -590,6 +597,10 @@ async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> R
         valid_bearer,
         ow_ids: ow_ids.clone(),
     });
+    if let Some(status) = queued {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return envelope_error(status, "Simulated API failure");
+    }
     if let Some(location) = redirect {
         return (
             StatusCode::TEMPORARY_REDIRECT,
