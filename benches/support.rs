@@ -1,9 +1,11 @@
 //! Shared pieces of the benches: the baselines the layer is measured against.
 
-use http::{Extensions, HeaderValue, header::AUTHORIZATION};
+use http::{Extensions, HeaderName, HeaderValue, header::AUTHORIZATION};
 use iqm_auth::reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next, Result};
 use reqwest::{Request, Response};
 use std::sync::Arc;
+
+const OW_ID: HeaderName = HeaderName::from_static("x-iaa-ow-id");
 
 /// Baseline (b): a trivial middleware that inserts a static bearer header.
 pub struct StaticBearer(pub HeaderValue, pub HeaderValue);
@@ -26,7 +28,7 @@ impl Middleware for StaticBearer {
         next: Next<'_>,
     ) -> Result<Response> {
         req.headers_mut().insert(AUTHORIZATION, self.0.clone());
-        req.headers_mut().insert("x-iaa-ow-id", self.1.clone());
+        req.headers_mut().insert(OW_ID, self.1.clone());
         next.run(req, extensions).await
     }
 }

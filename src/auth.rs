@@ -17,7 +17,28 @@ use crate::token::TokenSet;
 /// Authenticates every request to IQM that passes through a `reqwest_middleware` client.
 ///
 /// Cheap to clone: clones share one token cache, so give every client the same `IqmAuth` (or
-/// clones of it) and they share one login. See the [crate docs](crate) for a complete example.
+/// clones of it) and they share one login.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
+/// # let builder = iqm.auth_builder();
+/// // `builder` holds the base URL and credentials (here those of a fake IQM).
+/// let auth = builder.build()?;
+/// let client = iqm_auth::reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(auth.clone())
+///     .build();
+///
+/// let (a, b) = tokio::join!(
+///     client.get(iqm.url("/api/v3/campaigns")).send(),
+///     client.get(iqm.url("/api/v3/creatives")).send(),
+/// );
+/// assert_eq!((a?.status().as_u16(), b?.status().as_u16()), (200, 200));
+/// assert_eq!(auth.stats().logins, 1); // one login, shared
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct IqmAuth {
     pub(crate) inner: Arc<Inner>,
@@ -27,6 +48,7 @@ pub(crate) struct Inner {
     pub(crate) session: Arc<Session>,
     pub(crate) replay_unauthorized: bool,
     origin: Origin,
+    base: Url,
 }
 
 /// The most redirects the policy of [`IqmAuth::redirect_policy`] follows, as reqwest's default.
@@ -93,12 +115,14 @@ impl IqmAuth {
 
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
         let origin = Origin::of(&config.base);
+        let base = config.base.clone();
         let replay_unauthorized = config.replay_unauthorized;
         Ok(Self {
             inner: Arc::new(Inner {
                 session: Arc::new(Session::new(config)?),
                 replay_unauthorized,
                 origin,
+                base,
             }),
         })
     }
@@ -106,6 +130,18 @@ impl IqmAuth {
     /// A currently valid access token, logging in first if needed: for calls made outside
     /// `reqwest`, such as a websocket. Shares the cache (and any login in flight) with the
     /// middleware.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
+    /// # let auth = iqm.auth_builder().build()?;
+    /// let token = auth.access_token().await?;
+    /// assert!(!token.expose().is_empty());
+    /// assert_eq!(format!("{token}"), "[redacted]");
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// The [`AuthError`] of the login or renewal, if one was needed and failed.
@@ -117,6 +153,12 @@ impl IqmAuth {
         }
     }
 
+    /// The IQM base URL requests are authenticated for (always ending in `/`). Join API paths
+    /// to it: `auth.base_url().join("api/v3/ua/profile")`.
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
     /// The Organization Workspace ID (`owId`) of the cached token, if a login has happened.
     pub fn ow_id(&self) -> Option<u64> {
         self.inner.session.current().map(|token| token.ow_id)
@@ -124,6 +166,19 @@ impl IqmAuth {
 
     /// Renews the token now (refresh-token grant, or login), whatever its expiry, and waits for
     /// it. Concurrent calls share one renewal.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
+    /// # let auth = iqm.auth_builder().build()?;
+    /// let before = auth.access_token().await?;
+    /// auth.renew().await?;
+    /// assert_ne!(auth.access_token().await?, before);
+    /// assert_eq!(auth.stats().renewals_forced, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// The [`AuthError`] of the renewal.
@@ -136,6 +191,19 @@ impl IqmAuth {
     /// Logs out at IQM (`POST /api/v3/ua/logout` with the cached bearer token) and forgets the
     /// cached tokens, so the next request logs in again. Does nothing if no token is cached.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
+    /// # let auth = iqm.auth_builder().build()?;
+    /// auth.access_token().await?;
+    /// auth.logout().await?;
+    /// assert_eq!(auth.ow_id(), None);
+    /// # assert_eq!(iqm.logouts(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// The [`AuthError`] of the logout call. The tokens are forgotten even then.
     pub async fn logout(&self) -> Result<(), AuthError> {
@@ -145,6 +213,21 @@ impl IqmAuth {
     /// Creates an account for an invited user (`POST /api/v3/ua/sign-up`, with this
     /// `IqmAuth`'s client credentials) and returns the new account's token set. The cache is
     /// left as it is: the middleware keeps using its own configured user.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
+    /// # let auth = iqm.auth_builder().build()?;
+    /// # iqm.invite("new@acme.example");
+    /// let tokens = auth.sign_up("new@acme.example", "Str0ng!Pass").await?;
+    /// assert!(tokens.refresh_token.is_some());
+    ///
+    /// let err = auth.sign_up("new@acme.example", "weak").await.unwrap_err();
+    /// assert_eq!(err.status(), Some(reqwest::StatusCode::BAD_REQUEST));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`AuthError::Rejected`] with IQM's message, for example when the user was not invited or
