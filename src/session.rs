@@ -59,7 +59,7 @@ const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
 /// The pause after the second failed renewal in a row; it doubles with each further failure.
 const FIRST_OUTAGE_PAUSE: Duration = Duration::from_secs(2);
 /// The longest pause between renewals during an outage.
-pub(crate) const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(30);
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(30);
 /// The longest `Retry-After` honoured; a longer one is cut to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -285,7 +285,6 @@ impl Session {
         reason: RenewReason,
         stale: Option<u64>,
     ) -> Result<Joined, AuthError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| AuthError::NoRuntime)?;
         let mut flights = self.flights.lock();
         if let Some(flight) = &flights.running {
             self.counters.shared_wait();
@@ -299,6 +298,7 @@ impl Session {
         if let Some(err) = flights.pacing.blocked_at(self.clock.now()) {
             return Err(err.clone());
         }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| AuthError::NoRuntime)?;
         let id = flights.next_id;
         flights.next_id += 1;
         let (sender, answer) = watch::channel(None);
