@@ -178,20 +178,7 @@ impl IqmApi {
         let body = read_capped(endpoint, status, &mut response).await?;
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
-            return Err(match rejection(endpoint, status, &body) {
-                AuthError::Rejected {
-                    endpoint,
-                    status,
-                    messages,
-                    ..
-                } => AuthError::Rejected {
-                    endpoint,
-                    status,
-                    messages,
-                    retry_after,
-                },
-                other => other,
-            });
+            return Err(rejection(endpoint, status, &body, retry_after));
         }
         Ok((status, body))
     }
@@ -304,15 +291,21 @@ pub fn parse_token_answer(
 }
 
 /// The error for a non-2xx answer, with IQM's messages when the body has any.
-fn rejection(endpoint: AuthEndpoint, status: StatusCode, body: &[u8]) -> AuthError {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(root)) => rejection_from(endpoint, status, &root),
-        _ => AuthError::Rejected {
-            endpoint,
-            status,
-            messages: Vec::new(),
-            retry_after: None,
-        },
+fn rejection(
+    endpoint: AuthEndpoint,
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> AuthError {
+    let messages = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(root)) => messages_from(&root),
+        _ => Vec::new(),
+    };
+    AuthError::Rejected {
+        endpoint,
+        status,
+        messages,
+        retry_after,
     }
 }
 
@@ -458,6 +451,7 @@ mod tests {
             AuthEndpoint::Refresh,
             StatusCode::BAD_REQUEST,
             br#"{"error":"invalid_grant","error_description":"Invalid refresh token"}"#,
+            None,
         );
         assert_eq!(
             err.to_string(),
@@ -482,7 +476,12 @@ mod tests {
 
     #[test]
     fn a_rejection_with_an_html_body_keeps_its_status() {
-        let err = rejection(AuthEndpoint::Login, StatusCode::BAD_GATEWAY, b"<html>");
+        let err = rejection(
+            AuthEndpoint::Login,
+            StatusCode::BAD_GATEWAY,
+            b"<html>",
+            None,
+        );
         assert_eq!(err.status(), Some(StatusCode::BAD_GATEWAY));
         assert!(err.iqm_messages().is_empty());
     }
@@ -526,7 +525,7 @@ mod properties {
         fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256), code in 100u16..600) {
             let status = StatusCode::from_u16(code).unwrap();
             let _ = parse_token_answer(AuthEndpoint::Login, status, &body);
-            let _ = rejection(AuthEndpoint::Refresh, status, &body);
+            let _ = rejection(AuthEndpoint::Refresh, status, &body, None);
         }
 
         #[test]
