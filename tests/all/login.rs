@@ -267,3 +267,16 @@ async fn an_unreachable_iqm_is_a_transport_error() {
         "{err:?}"
     );
 }
+
+#[test]
+fn outside_a_tokio_runtime_a_token_request_is_a_clear_error_not_a_panic() {
+    let auth = iqm_auth::IqmAuth::builder()
+        .base_url("http://127.0.0.1:9")
+        .client_credentials("id", "secret")
+        .workspace_host("acme.iqm.com")
+        .credentials("e@x.y", "pw")
+        .build()
+        .unwrap();
+    let err = futures::executor::block_on(auth.access_token()).unwrap_err();
+    assert!(matches!(err, AuthError::NoRuntime), "{err:?}");
+}
