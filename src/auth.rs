@@ -286,7 +286,20 @@ impl IqmAuth {
         })
     }
 
-    /// A snapshot of what the layer has done: logins, refreshes, renewals by reason, replays.
+    /// A snapshot of what the layer has done: logins, refreshes, renewals by reason, replays,
+    /// failures by class. Reading it takes no lock.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
+    /// # let auth = iqm.auth_builder().build()?;
+    /// auth.access_token().await?;
+    /// let stats = auth.stats();
+    /// assert_eq!((stats.logins, stats.renewals_first_use, stats.failed_renewals), (1, 1, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stats(&self) -> Stats {
         self.inner.session.stats()
     }

@@ -70,7 +70,37 @@ pub enum StoreError {
 /// renewed with its refresh token. It calls [`save`](Self::save) after every new token set from
 /// IQM (a rotated refresh token included) and [`clear`](Self::clear) on logout. Errors are
 /// logged and counted ([`Stats::store_errors`](crate::Stats::store_errors)) and otherwise
-/// ignored: a broken store costs a login, never a failed request.
+/// ignored: a broken store costs a login, never a failed request. Each call is given 5 s.
+///
+/// A store of your own, say in a secrets manager:
+///
+/// ```
+/// use iqm_auth::{StoreError, StoredTokens, TokenStore};
+///
+/// #[derive(Debug, Default)]
+/// struct Vault { /* a client of your secrets manager */ }
+///
+/// #[async_trait::async_trait]
+/// impl TokenStore for Vault {
+///     async fn load(&self) -> Result<Option<StoredTokens>, StoreError> {
+///         Ok(None) // read the session here
+///     }
+///     async fn save(&self, _tokens: &StoredTokens) -> Result<(), StoreError> {
+///         Ok(()) // write it here
+///     }
+///     async fn clear(&self) -> Result<(), StoreError> {
+///         Ok(())
+///     }
+/// }
+///
+/// let auth = iqm_auth::IqmAuth::builder()
+///     .client_credentials("id", "secret")
+///     .workspace_host("acme.iqm.com")
+///     .credentials("ops@acme.com", "password")
+///     .token_store(std::sync::Arc::new(Vault::default()))
+///     .build();
+/// assert!(auth.is_ok());
+/// ```
 #[async_trait::async_trait]
 pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The stored token set, or `None` if there is none.
