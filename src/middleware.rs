@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use http::header::{AUTHORIZATION, Entry, HeaderName};
 use http::{Extensions, HeaderMap, StatusCode};
@@ -15,6 +16,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 
 use crate::auth::IqmAuth;
+use crate::error::AuthError;
 use crate::session::Session;
 use crate::stats::RenewReason;
 use crate::token::CachedToken;
@@ -78,54 +80,114 @@ impl Middleware for IqmAuth {
             None
         };
         let cached = session.usable_now(|token| attach(request.headers_mut(), token));
-        Box::pin(async move {
-            let generation = match cached {
-                Some(generation) => generation,
-                None => {
-                    let token = Box::pin(session.wait_for_token())
-                        .await
-                        .map_err(Error::middleware)?;
-                    attach(request.headers_mut(), &token)
-                }
-            };
-            let response = next.clone().run(request, extensions).await?;
-            if response.status() != StatusCode::UNAUTHORIZED {
-                return Ok(response);
-            }
-            Box::pin(recover(
-                session, generation, response, replay, extensions, next,
-            ))
-            .await
-        })
+        // Two futures of different sizes: one that keeps the copy, and a smaller one without it.
+        match replay {
+            Some(copy) => Box::pin(send(session, request, cached, copy, extensions, next)),
+            None => Box::pin(send(session, request, cached, NoCopy, extensions, next)),
+        }
     }
+}
+
+/// What a request keeps for a replay after a 401: the copy, or nothing.
+trait ReplayCopy: Send {
+    fn into_request(self) -> Option<Request>;
+}
+
+impl ReplayCopy for Request {
+    fn into_request(self) -> Option<Request> {
+        Some(self)
+    }
+}
+
+/// No copy: a streaming body, or replay switched off.
+struct NoCopy;
+
+impl ReplayCopy for NoCopy {
+    fn into_request(self) -> Option<Request> {
+        None
+    }
+}
+
+/// Sends an IQM request: with the cached token's generation if the hot path attached one, or
+/// after waiting for a token; then hands a 401 to [`recover`].
+///
+/// A plain function returning an `async` block rather than an `async fn`: an `async fn` keeps
+/// its arguments twice in its state (rust-lang/rust#62958), which for two `Request`s (264 bytes
+/// each) pushed every request's future past the allocator's fast size classes.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn send<'a>(
+    session: &'a Arc<Session>,
+    mut request: Request,
+    cached: Option<u64>,
+    replay: impl ReplayCopy + 'a,
+    extensions: &'a mut Extensions,
+    next: Next<'a>,
+) -> impl Future<Output = Result<Response>> + Send + 'a {
+    async move {
+        let generation = match cached {
+            Some(generation) => generation,
+            None => {
+                let token = wait_for_token(session).await.map_err(Error::middleware)?;
+                attach(request.headers_mut(), &token)
+            }
+        };
+        let response = next.clone().run(request, extensions).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        recover(
+            session,
+            generation,
+            response,
+            replay.into_request(),
+            extensions,
+            next,
+        )
+        .await
+    }
+}
+
+// The two rarely taken paths are boxed in plain functions: awaited inline, their state (or the
+// temporaries of an inline `Box::pin(…).await`, which live to the end of the statement) would
+// be laid out in the future of every request, pushing it past the allocator's fast size classes.
+
+fn wait_for_token(
+    session: &Arc<Session>,
+) -> BoxFuture<'_, std::result::Result<Arc<CachedToken>, AuthError>> {
+    Box::pin(session.wait_for_token())
 }
 
 /// After a 401 to a request sent with token `generation`: renews the token once (shared with
 /// every other request that saw the same token) and replays the request once. A second 401 is
 /// handed back as it is: never a loop.
-async fn recover(
-    session: &std::sync::Arc<Session>,
+fn recover<'a>(
+    session: &'a Arc<Session>,
     generation: u64,
     response: Response,
     replay: Option<Request>,
-    extensions: &mut Extensions,
-    next: Next<'_>,
-) -> Result<Response> {
-    tracing::debug!(generation, "IQM answered 401; renewing the token");
-    let renewed = session
-        .renew(RenewReason::Unauthorized, Some(generation))
-        .await;
-    match (replay, renewed) {
-        (Some(mut replay), Ok(token)) => {
-            attach(replay.headers_mut(), &token);
-            session.counters.replay();
-            next.run(replay, extensions).await
+    extensions: &'a mut Extensions,
+    next: Next<'a>,
+) -> BoxFuture<'a, Result<Response>> {
+    Box::pin(async move {
+        tracing::debug!(generation, "IQM answered 401; renewing the token");
+        let renewed = session
+            .renew(RenewReason::Unauthorized, Some(generation))
+            .await;
+        match (replay, renewed) {
+            (Some(mut replay), Ok(token)) => {
+                attach(replay.headers_mut(), &token);
+                session.counters.replay();
+                next.run(replay, extensions).await
+            }
+            (Some(_), Err(err)) => Err(Error::middleware(err)),
+            // Not replayable (a streaming body, or replay switched off): the 401 goes back to the
+            // caller, and the next request uses the renewed token.
+            (None, _) => Ok(response),
         }
-        (Some(_), Err(err)) => Err(Error::middleware(err)),
-        // Not replayable (a streaming body, or replay switched off): the 401 goes back to the
-        // caller, and the next request uses the renewed token.
-        (None, _) => Ok(response),
-    }
+    })
 }
 
 #[cfg(test)]
