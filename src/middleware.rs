@@ -80,10 +80,22 @@ impl Middleware for IqmAuth {
             None
         };
         let cached = session.usable_now(|token| attach(request.headers_mut(), token));
-        // Two futures of different sizes: one that keeps the copy, and a smaller one without it.
-        match replay {
-            Some(copy) => Box::pin(send(session, request, cached, copy, extensions, next)),
-            None => Box::pin(send(session, request, cached, NoCopy, extensions, next)),
+        match (replay, cached) {
+            (Some(copy), _) => Box::pin(send(session, request, cached, copy, extensions, next)),
+            // Token attached and nothing to replay: the request goes down the stack now, and the
+            // future only watches its answer for a 401, so it holds no request at all.
+            (None, Some(generation)) => {
+                let sent = next.run(request, extensions);
+                Box::pin(async move {
+                    let response = sent.await?;
+                    if response.status() == StatusCode::UNAUTHORIZED {
+                        // Handed back as it is; the next request uses the renewed token.
+                        let _ = renew_after_401(session, generation).await;
+                    }
+                    Ok(response)
+                })
+            }
+            (None, None) => Box::pin(send(session, request, None, NoCopy, extensions, next)),
         }
     }
 }
@@ -154,6 +166,14 @@ fn send<'a>(
 // temporaries of an inline `Box::pin(…).await`, which live to the end of the statement) would
 // be laid out in the future of every request, pushing it past the allocator's fast size classes.
 
+fn renew_after_401(
+    session: &Arc<Session>,
+    generation: u64,
+) -> BoxFuture<'_, std::result::Result<Arc<CachedToken>, AuthError>> {
+    tracing::debug!(generation, "IQM answered 401; renewing the token");
+    Box::pin(session.renew(RenewReason::Unauthorized, Some(generation)))
+}
+
 fn wait_for_token(
     session: &Arc<Session>,
 ) -> BoxFuture<'_, std::result::Result<Arc<CachedToken>, AuthError>> {
@@ -172,10 +192,7 @@ fn recover<'a>(
     next: Next<'a>,
 ) -> BoxFuture<'a, Result<Response>> {
     Box::pin(async move {
-        tracing::debug!(generation, "IQM answered 401; renewing the token");
-        let renewed = session
-            .renew(RenewReason::Unauthorized, Some(generation))
-            .await;
+        let renewed = renew_after_401(session, generation).await;
         match (replay, renewed) {
             (Some(mut replay), Ok(token)) => {
                 attach(replay.headers_mut(), &token);
