@@ -15,7 +15,7 @@ use iqm_auth::reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middlewa
 use iqm_auth::testing::FakeIqm;
 
 mod support;
-use support::{StaticBearer, canned_client};
+use support::{StaticBearer, canned_client, warmed_layers};
 
 /// Counts heap allocations, to compare the layer with the baselines per request.
 struct CountingAllocator;
@@ -58,15 +58,7 @@ fn main() {
 
 async fn allocations() {
     const REQUESTS: u64 = 20_000;
-    let iqm = FakeIqm::start().await.expect("fake IQM");
-    let auth = iqm.auth_builder().build().expect("config");
-    let no_replay = iqm
-        .auth_builder()
-        .replay_unauthorized(false)
-        .build()
-        .expect("config");
-    auth.access_token().await.expect("login");
-    no_replay.access_token().await.expect("login");
+    let (iqm, auth, no_replay) = warmed_layers().await;
     let url = iqm.url("/api/v3/campaigns");
     let stacks: [(&str, Option<Arc<dyn Middleware>>); 4] = [
         ("(a) no middleware", None),

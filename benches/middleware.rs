@@ -13,23 +13,10 @@ use iqm_auth::testing::FakeIqm;
 use tokio::runtime::Runtime;
 
 mod support;
-use support::{StaticBearer, canned_client};
+use support::{StaticBearer, canned_client, warmed_layers};
 
-/// The fake IQM (for the logins) and two warmed-up layers with a cached token: the default one,
-/// and one with the 401 replay switched off.
 fn warmed(rt: &Runtime) -> (FakeIqm, IqmAuth, IqmAuth) {
-    rt.block_on(async {
-        let iqm = FakeIqm::start().await.expect("fake IQM");
-        let auth = iqm.auth_builder().build().expect("config");
-        let no_replay = iqm
-            .auth_builder()
-            .replay_unauthorized(false)
-            .build()
-            .expect("config");
-        auth.access_token().await.expect("login");
-        no_replay.access_token().await.expect("login");
-        (iqm, auth, no_replay)
-    })
+    rt.block_on(warmed_layers())
 }
 
 fn stacks(

@@ -58,3 +58,22 @@ pub fn canned_client(layer: Option<Arc<dyn Middleware>>) -> ClientWithMiddleware
     };
     builder.with(Canned).build()
 }
+
+/// The fake IQM (for the logins) and two layers with a cached token: the default one, and one
+/// with the 401 replay switched off.
+pub async fn warmed_layers() -> (
+    iqm_auth::testing::FakeIqm,
+    iqm_auth::IqmAuth,
+    iqm_auth::IqmAuth,
+) {
+    let iqm = iqm_auth::testing::FakeIqm::start().await.expect("fake IQM");
+    let auth = iqm.auth_builder().build().expect("config");
+    let no_replay = iqm
+        .auth_builder()
+        .replay_unauthorized(false)
+        .build()
+        .expect("config");
+    auth.access_token().await.expect("login");
+    no_replay.access_token().await.expect("login");
+    (iqm, auth, no_replay)
+}

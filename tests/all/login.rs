@@ -4,7 +4,7 @@ use iqm_auth::testing::{Answer, FakeIqm, OW_ID};
 use iqm_auth::{AuthEndpoint, AuthError};
 use reqwest::StatusCode;
 
-use crate::support::{Harness, auth_error, client_with};
+use crate::support::{Harness, auth_error};
 
 #[tokio::test]
 async fn building_sends_nothing_and_the_first_request_logs_in_once() {
@@ -246,26 +246,6 @@ async fn a_refused_sign_up_carries_iqms_message() {
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
     assert!(err.to_string().contains("at least 8 characters"), "{err}");
-}
-
-#[tokio::test]
-async fn an_unreachable_iqm_is_a_transport_error() {
-    let iqm = FakeIqm::start().await.unwrap();
-    let base = iqm.base_url();
-    let auth = iqm.auth_builder().build().unwrap();
-    drop(iqm);
-    let client = client_with(&auth);
-
-    let err = client
-        .get(format!("{base}/api/v3/x"))
-        .send()
-        .await
-        .unwrap_err();
-
-    assert!(
-        matches!(auth_error(&err), AuthError::Transport { .. }),
-        "{err:?}"
-    );
 }
 
 #[test]
