@@ -81,7 +81,9 @@ impl Middleware for IqmAuth {
         };
         let cached = session.usable_now(|token| attach(request.headers_mut(), token));
         match (replay, cached) {
-            (Some(copy), _) => Box::pin(send(session, request, cached, copy, extensions, next)),
+            (Some(copy), _) => {
+                Box::pin(send(session, request, cached, Some(copy), extensions, next))
+            }
             // Token attached and nothing to replay: the request goes down the stack now, and the
             // future only watches its answer for a 401, so it holds no request at all.
             (None, Some(generation)) => {
@@ -95,28 +97,8 @@ impl Middleware for IqmAuth {
                     Ok(response)
                 })
             }
-            (None, None) => Box::pin(send(session, request, None, NoCopy, extensions, next)),
+            (None, None) => Box::pin(send(session, request, None, None, extensions, next)),
         }
-    }
-}
-
-/// What a request keeps for a replay after a 401: the copy, or nothing.
-trait ReplayCopy: Send {
-    fn into_request(self) -> Option<Request>;
-}
-
-impl ReplayCopy for Request {
-    fn into_request(self) -> Option<Request> {
-        Some(self)
-    }
-}
-
-/// No copy: a streaming body, or replay switched off.
-struct NoCopy;
-
-impl ReplayCopy for NoCopy {
-    fn into_request(self) -> Option<Request> {
-        None
     }
 }
 
@@ -134,7 +116,7 @@ fn send<'a>(
     session: &'a Arc<Session>,
     mut request: Request,
     cached: Option<u64>,
-    replay: impl ReplayCopy + 'a,
+    replay: Option<Request>,
     extensions: &'a mut Extensions,
     next: Next<'a>,
 ) -> impl Future<Output = Result<Response>> + Send + 'a {
@@ -150,15 +132,7 @@ fn send<'a>(
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        recover(
-            session,
-            generation,
-            response,
-            replay.into_request(),
-            extensions,
-            next,
-        )
-        .await
+        recover(session, generation, response, replay, extensions, next).await
     }
 }
 
