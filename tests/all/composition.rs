@@ -7,16 +7,18 @@ use std::time::Duration;
 use iqm_auth::IqmAuth;
 use iqm_auth::reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use iqm_auth::testing::{FakeIqm, ManualClock};
-use reqwest_retry::RetryTransientMiddleware;
 use reqwest_retry::policies::ExponentialBackoff;
+use reqwest_retry::{Jitter, RetryTransientMiddleware};
 use reqwest_tracing::TracingMiddleware;
 
 use crate::support::eventually;
 
 fn retry() -> RetryTransientMiddleware<ExponentialBackoff> {
-    // A long first wait, so the test can act between two attempts.
+    // A fixed one-second wait (no jitter, which could shrink it to nothing), so the test can
+    // act between two attempts.
     let policy = ExponentialBackoff::builder()
-        .retry_bounds(Duration::from_millis(400), Duration::from_millis(400))
+        .retry_bounds(Duration::from_secs(1), Duration::from_secs(1))
+        .jitter(Jitter::None)
         .build_with_max_retries(2);
     RetryTransientMiddleware::new_with_policy(policy)
 }
