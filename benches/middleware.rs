@@ -123,7 +123,7 @@ fn loopback_round_trip(c: &mut Criterion) {
     let ow_id = auth.ow_id().expect("owId");
     let _guard = rt.enter();
     let baseline = StaticBearer(
-        HeaderValue::from_str(&format!("Bearer {}", token.expose())).expect("header"),
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
         HeaderValue::from(ow_id),
     );
     let clients = [

@@ -131,25 +131,34 @@ impl IqmAuth {
     /// `reqwest`, such as a websocket. Shares the cache (and any login in flight) with the
     /// middleware.
     ///
+    /// It comes back as a plain `String` because it is about to be sent somewhere: it is a
+    /// secret, so do not log it.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
     /// # let auth = iqm.auth_builder().build()?;
     /// let token = auth.access_token().await?;
-    /// assert!(!token.expose().is_empty());
-    /// assert_eq!(format!("{token}"), "[redacted]");
+    /// let answer = reqwest::Client::new()
+    ///     .get(iqm.url("/api/v3/campaigns"))
+    ///     .bearer_auth(&token)
+    ///     .header("X-IAA-OW-ID", auth.ow_id().unwrap_or_default())
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(answer.status(), 200);
     /// # Ok(())
     /// # }
     /// ```
     ///
     /// # Errors
     /// The [`AuthError`] of the login or renewal, if one was needed and failed.
-    pub async fn access_token(&self) -> Result<Secret, AuthError> {
+    pub async fn access_token(&self) -> Result<String, AuthError> {
         let session = &self.inner.session;
-        match session.usable_now(|token| token.access_token.clone()) {
+        let exposed = |token: &crate::token::CachedToken| token.access_token.expose().to_owned();
+        match session.usable_now(exposed) {
             Some(token) => Ok(token),
-            None => Ok(session.wait_for_token().await?.access_token.clone()),
+            None => Ok(exposed(&*session.wait_for_token().await?)),
         }
     }
 

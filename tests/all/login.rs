@@ -167,7 +167,7 @@ async fn garbage_answers_are_errors_and_nothing_is_cached_from_them() {
 async fn access_token_shares_the_cache_with_the_middleware() {
     let h = Harness::start().await;
     let token = h.auth.access_token().await.unwrap();
-    assert!(!token.expose().is_empty());
+    assert!(!token.is_empty());
     assert_eq!(h.get("/api/v3/x").await.unwrap(), 200);
     assert_eq!(h.auth.access_token().await.unwrap(), token);
     assert_eq!(h.iqm.logins(), 1);
@@ -186,7 +186,7 @@ async fn logout_invalidates_the_token_at_iqm_and_the_next_request_logs_in_again(
     // The old token is dead at IQM.
     let response = reqwest::Client::new()
         .get(h.iqm.url("/api/v3/x"))
-        .bearer_auth(old.expose())
+        .bearer_auth(&old)
         .header("X-IAA-OW-ID", OW_ID.to_string())
         .send()
         .await

@@ -108,7 +108,10 @@ async fn a_corrupt_store_file_is_reported_ignored_and_then_replaced_with_a_good_
     assert_eq!(iqm.logins(), 1);
     assert_eq!(auth.stats().store_errors, 1);
     let saved = FileTokenStore::new(&path).load().await.unwrap().unwrap();
-    assert_eq!(saved.access_token, auth.access_token().await.unwrap());
+    assert_eq!(
+        saved.access_token.expose(),
+        auth.access_token().await.unwrap()
+    );
 }
 
 #[tokio::test]
