@@ -1,11 +1,10 @@
 //! The fault matrix: what the layer does when IQM, the network or the answers misbehave, with
 //! the exact number of auth calls each case costs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use iqm_auth::testing::{Answer, FakeIqm, ManualClock, OW_ID};
+use iqm_auth::testing::{Answer, FakeIqm, OW_ID};
 use iqm_auth::{AuthError, DEFAULT_AUTH_ATTEMPTS};
 use reqwest::StatusCode;
 
@@ -15,16 +14,6 @@ const ATTEMPTS: u64 = DEFAULT_AUTH_ATTEMPTS as u64;
 const HOUR: Duration = Duration::from_secs(3600);
 /// Into the renewal window of a one-hour token (60 s margin), still valid.
 const INTO_MARGIN: Duration = Duration::from_secs(59 * 60 + 30);
-
-async fn manual(background: bool) -> (Harness, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new());
-    let h = Harness::with({
-        let clock = Arc::clone(&clock);
-        move |b| b.clock(clock).background_renewal(background)
-    })
-    .await;
-    (h, clock)
-}
 
 #[tokio::test]
 async fn login_5xx_then_recovery_is_retried_within_one_request() {
@@ -51,7 +40,7 @@ async fn a_short_retry_after_is_waited_out_within_the_renewal() {
 
 #[tokio::test]
 async fn no_auth_call_is_made_before_a_long_retry_after_passes() {
-    let (h, clock) = manual(false).await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     h.iqm.set_login_answer(Answer::StatusRetryAfter(429, 60));
 
     let err = h.get("/x").await.unwrap_err();
@@ -139,7 +128,7 @@ async fn unusable_answers_are_not_retried() {
 
 #[tokio::test]
 async fn a_failing_early_refresh_keeps_the_valid_token_in_use_and_is_retried_later() {
-    let (h, clock) = manual(true).await;
+    let (h, clock) = Harness::with_manual_clock(true).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     let token = h.auth.access_token().await.unwrap();
     h.iqm.set_refresh_answer(Answer::Status(500));
@@ -170,7 +159,7 @@ async fn a_failing_early_refresh_keeps_the_valid_token_in_use_and_is_retried_lat
 
 #[tokio::test]
 async fn a_valid_token_stays_in_use_when_iqm_rejects_both_refresh_and_login() {
-    let (h, clock) = manual(false).await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     h.iqm.revoke_all_refresh_tokens();
     h.iqm.set_login_answer(Answer::Status(403));
@@ -190,7 +179,7 @@ async fn a_valid_token_stays_in_use_when_iqm_rejects_both_refresh_and_login() {
 
 #[tokio::test]
 async fn rejected_refresh_and_login_cool_down_then_recover_once_fixed() {
-    let (h, clock) = manual(false).await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     h.iqm.revoke_all_refresh_tokens();
     h.iqm.set_login_answer(Answer::Status(403));
@@ -259,7 +248,7 @@ async fn the_redirect_policy_keeps_iqm_credentials_on_iqms_origin() {
 
 #[tokio::test]
 async fn cancelling_the_task_that_drives_a_refresh_neither_aborts_nor_half_applies_it() {
-    let (h, clock) = manual(false).await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     h.iqm.set_refresh_delay(Duration::from_millis(300));
     clock.advance(HOUR);
@@ -303,7 +292,7 @@ async fn a_thousand_callers_during_an_outage_all_get_an_answer_from_one_renewal(
 
 #[tokio::test]
 async fn auth_calls_during_a_minute_long_outage_stay_within_the_documented_bound() {
-    let (h, clock) = manual(false).await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     h.iqm.set_login_answer(Answer::Status(503));
 
     // A request every 250 ms for 60 s.

@@ -1,28 +1,17 @@
 //! Renewal before expiry: refresh grant first, login as fallback, margins, odd lifetimes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use iqm_auth::testing::{Answer, ManualClock, OW_ID};
+use iqm_auth::testing::{Answer, OW_ID};
 use serde_json::json;
 
 use crate::support::{Harness, eventually};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-async fn with_manual_clock() -> (Harness, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new());
-    let h = Harness::with({
-        let clock = Arc::clone(&clock);
-        |b| b.clock(clock).background_renewal(false)
-    })
-    .await;
-    (h, clock)
-}
-
 #[tokio::test]
 async fn an_expired_token_is_renewed_with_the_refresh_grant_and_keeps_the_workspace_id() {
-    let (h, clock) = with_manual_clock().await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     let first = h.auth.access_token().await.unwrap();
 
@@ -44,7 +33,7 @@ async fn an_expired_token_is_renewed_with_the_refresh_grant_and_keeps_the_worksp
 
 #[tokio::test]
 async fn a_rotated_refresh_token_replaces_the_old_one() {
-    let (h, clock) = with_manual_clock().await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     // The fake rotates refresh tokens and rejects a used one: three refreshes in a row only
     // succeed if each used the token the previous one returned.
@@ -58,7 +47,7 @@ async fn a_rotated_refresh_token_replaces_the_old_one() {
 
 #[tokio::test]
 async fn a_refresh_token_that_does_not_rotate_is_kept() {
-    let (h, clock) = with_manual_clock().await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     h.iqm.set_refresh_rotation(false);
     assert_eq!(h.get("/x").await.unwrap(), 200);
     for _ in 0..2 {
@@ -71,7 +60,7 @@ async fn a_refresh_token_that_does_not_rotate_is_kept() {
 
 #[tokio::test]
 async fn a_rejected_refresh_falls_back_to_one_login() {
-    let (h, clock) = with_manual_clock().await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     h.iqm.revoke_all_refresh_tokens();
 
@@ -84,7 +73,7 @@ async fn a_rejected_refresh_falls_back_to_one_login() {
 
 #[tokio::test]
 async fn a_garbage_refresh_answer_falls_back_to_login() {
-    let (h, clock) = with_manual_clock().await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     h.iqm.set_refresh_answer(Answer::HeaderInjection);
 
@@ -96,7 +85,7 @@ async fn a_garbage_refresh_answer_falls_back_to_login() {
 
 #[tokio::test]
 async fn a_token_is_not_renewed_before_its_margin() {
-    let (h, clock) = with_manual_clock().await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     // One hour of life, 60 s margin: at 58 minutes it is still fresh.
     clock.advance(Duration::from_secs(58 * 60));
@@ -106,7 +95,7 @@ async fn a_token_is_not_renewed_before_its_margin() {
 
 #[tokio::test]
 async fn inside_the_margin_the_token_is_renewed_while_requests_keep_using_it() {
-    let (h, clock) = with_manual_clock().await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     clock.advance(Duration::from_secs(59 * 60 + 30));
 
@@ -123,12 +112,7 @@ async fn inside_the_margin_the_token_is_renewed_while_requests_keep_using_it() {
 
 #[tokio::test]
 async fn a_three_second_token_is_reused_for_most_of_its_life() {
-    let clock = Arc::new(ManualClock::new());
-    let h = Harness::with({
-        let clock = Arc::clone(&clock);
-        |b| b.clock(clock).background_renewal(false)
-    })
-    .await;
+    let (h, clock) = Harness::with_manual_clock(false).await;
     h.iqm.set_token_lifetime(Duration::from_secs(3));
     for _ in 0..20 {
         assert_eq!(h.get("/x").await.unwrap(), 200);

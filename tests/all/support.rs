@@ -1,5 +1,7 @@
 use iqm_auth::reqwest_middleware::{self, ClientBuilder, ClientWithMiddleware};
-use iqm_auth::testing::FakeIqm;
+use std::sync::Arc;
+
+use iqm_auth::testing::{FakeIqm, ManualClock};
 use iqm_auth::{AuthError, IqmAuth, IqmAuthBuilder};
 
 pub struct Harness {
@@ -9,6 +11,18 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A harness whose layer reads a clock the test moves by hand; `background` switches the
+    /// background renewer on or off.
+    pub async fn with_manual_clock(background: bool) -> (Self, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new());
+        let harness = Self::with({
+            let clock = Arc::clone(&clock);
+            move |b| b.clock(clock).background_renewal(background)
+        })
+        .await;
+        (harness, clock)
+    }
+
     pub async fn start() -> Self {
         Self::with(|b| b).await
     }
