@@ -20,19 +20,20 @@ async fn get(iqm: &FakeIqm, auth: &iqm_auth::IqmAuth) -> u16 {
         .as_u16()
 }
 
+/// A layer for `iqm` that keeps its session in `store`.
+fn with_store(iqm: &FakeIqm, store: Arc<dyn TokenStore>) -> iqm_auth::IqmAuth {
+    iqm.auth_builder().token_store(store).build().unwrap()
+}
+
 #[tokio::test]
 async fn a_restarted_process_with_a_valid_stored_session_makes_no_login() {
     let iqm = FakeIqm::start().await.unwrap();
     let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::default());
-    let first = iqm
-        .auth_builder()
-        .token_store(store.clone())
-        .build()
-        .unwrap();
+    let first = with_store(&iqm, store.clone());
     assert_eq!(get(&iqm, &first).await, 200);
     drop(first);
 
-    let restarted = iqm.auth_builder().token_store(store).build().unwrap();
+    let restarted = with_store(&iqm, store);
     assert_eq!(get(&iqm, &restarted).await, 200);
 
     assert_eq!((iqm.logins(), iqm.refreshes()), (1, 0));
@@ -47,7 +48,7 @@ async fn a_file_store_survives_a_restart_and_keeps_the_rotated_refresh_token() {
     let path = folder.path().join("session.json");
     let store = || Arc::new(FileTokenStore::new(&path)) as Arc<dyn TokenStore>;
 
-    let first = iqm.auth_builder().token_store(store()).build().unwrap();
+    let first = with_store(&iqm, store());
     assert_eq!(get(&iqm, &first).await, 200);
     // A refresh rotates the refresh token; the store must get the new one.
     first.renew().await.unwrap();
@@ -85,7 +86,7 @@ async fn a_stored_session_whose_access_token_expired_is_renewed_with_its_refresh
     drop(first);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    let restarted = iqm.auth_builder().token_store(store).build().unwrap();
+    let restarted = with_store(&iqm, store);
     assert_eq!(get(&iqm, &restarted).await, 200);
 
     assert_eq!((iqm.logins(), iqm.refreshes()), (1, 1));
@@ -97,11 +98,7 @@ async fn a_corrupt_store_file_is_reported_ignored_and_then_replaced_with_a_good_
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join("session.json");
     std::fs::write(&path, "{ not json").unwrap();
-    let auth = iqm
-        .auth_builder()
-        .token_store(Arc::new(FileTokenStore::new(&path)))
-        .build()
-        .unwrap();
+    let auth = with_store(&iqm, Arc::new(FileTokenStore::new(&path)));
 
     assert_eq!(get(&iqm, &auth).await, 200);
 
@@ -121,11 +118,7 @@ async fn an_unreadable_store_costs_a_login_never_a_failed_request() {
     // A folder where the file should be: it can be neither read nor replaced.
     let path = folder.path().join("session.json");
     std::fs::create_dir(&path).unwrap();
-    let auth = iqm
-        .auth_builder()
-        .token_store(Arc::new(FileTokenStore::new(&path)))
-        .build()
-        .unwrap();
+    let auth = with_store(&iqm, Arc::new(FileTokenStore::new(&path)));
 
     assert_eq!(get(&iqm, &auth).await, 200);
 
@@ -141,11 +134,7 @@ async fn an_unreadable_store_costs_a_login_never_a_failed_request() {
 async fn logout_clears_the_store() {
     let iqm = FakeIqm::start().await.unwrap();
     let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::default());
-    let auth = iqm
-        .auth_builder()
-        .token_store(store.clone())
-        .build()
-        .unwrap();
+    let auth = with_store(&iqm, store.clone());
     assert_eq!(get(&iqm, &auth).await, 200);
     assert!(store.load().await.unwrap().is_some());
 
