@@ -13,27 +13,21 @@ use crate::secret::Secret;
 use crate::store::{MemoryTokenStore, NewTokensHook, StoredTokens, TokenStore};
 
 /// IQM's production API.
-pub const DEFAULT_BASE_URL: &str = "https://api.iqm.com";
-/// How long before `expires_in` runs out a token is renewed, unless set otherwise. Clamped to a
-/// quarter of the token's lifetime for short-lived tokens.
-pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
-/// How long one login, refresh, logout or sign-up call may take, independent of the timeouts of
-/// the requests being authenticated.
-pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_BASE_URL: &str = "https://api.iqm.com";
+/// How long before `expires_in` runs out a token is renewed, unless set otherwise.
+const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// How long one login, refresh, logout or sign-up call may take.
+const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long one acquisition of a token may take, retries and backoff waits included, before
-/// callers get [`AuthError::BudgetExhausted`](crate::AuthError::BudgetExhausted).
-pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long the layer fails fast with the same error after IQM rejected the credentials
-/// (login answered 400, 401, 403 or another non-transient 4xx), so that a wrong password can
-/// neither lock the account nor burn IQM's rate limit (20 requests a minute).
-pub const DEFAULT_REJECTION_COOL_DOWN: Duration = Duration::from_secs(30);
-/// How many times one login or refresh call is tried when it fails transiently (connect error,
-/// reset, timeout, 5xx, 408, 429), the first try included.
-pub const DEFAULT_AUTH_ATTEMPTS: u32 = 3;
+/// How long one acquisition of a token may take, retries and backoff waits included.
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the layer fails fast after IQM rejected the credentials.
+const DEFAULT_REJECTION_COOL_DOWN: Duration = Duration::from_secs(30);
+/// How many times one login or refresh call is tried when it fails transiently.
+const DEFAULT_AUTH_ATTEMPTS: u32 = 3;
 
 /// The environment variables [`IqmAuth::from_env`] reads; `IQM_BASE_URL` is optional.
-pub const ENV_VARS: [&str; 6] = [
+const ENV_VARS: [&str; 6] = [
     "IQM_BASE_URL",
     "IQM_CLIENT_ID",
     "IQM_CLIENT_SECRET",
@@ -70,6 +64,7 @@ pub struct IqmAuthBuilder {
     acquire_timeout: Duration,
     rejection_cool_down: Duration,
     auth_attempts: u32,
+    backoff_jitter: bool,
     replay_unauthorized: bool,
     background_renewal: bool,
     /// `None`: the system clock.
@@ -93,6 +88,7 @@ impl Default for IqmAuthBuilder {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             rejection_cool_down: DEFAULT_REJECTION_COOL_DOWN,
             auth_attempts: DEFAULT_AUTH_ATTEMPTS,
+            backoff_jitter: true,
             replay_unauthorized: true,
             background_renewal: true,
             clock: None,
@@ -104,8 +100,8 @@ impl Default for IqmAuthBuilder {
 }
 
 impl IqmAuthBuilder {
-    /// The API's base URL; [`DEFAULT_BASE_URL`] if not set. Requests whose scheme, host and port
-    /// equal this URL's are authenticated; all others pass through untouched.
+    /// The API's base URL. Requests whose scheme, host and port equal this URL's are
+    /// authenticated; all others pass through untouched. Defaults to `https://api.iqm.com`.
     pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
         self.base_url = base_url.into();
         self
@@ -136,57 +132,69 @@ impl IqmAuthBuilder {
         self
     }
 
-    /// How long before expiry a token is renewed; [`DEFAULT_REFRESH_MARGIN`] if not set. Never
-    /// more than a quarter of the token's lifetime, so short-lived tokens are still reused.
+    /// How long before expiry a token is renewed. Never more than a quarter of the token's
+    /// lifetime, so short-lived tokens are still reused. Defaults to 60 s.
     pub fn refresh_margin(mut self, margin: Duration) -> Self {
         self.refresh_margin = margin;
         self
     }
 
-    /// The timeout of each call to IQM's auth endpoints; [`DEFAULT_AUTH_TIMEOUT`] if not set.
+    /// The timeout of each call to IQM's auth endpoints (login, refresh, logout, sign-up),
+    /// independent of the timeouts of the requests being authenticated. Defaults to 5 s.
     pub fn auth_timeout(mut self, timeout: Duration) -> Self {
         self.auth_timeout = timeout;
         self
     }
 
-    /// The most one acquisition of a token may take, retries included;
-    /// [`DEFAULT_ACQUIRE_TIMEOUT`] if not set. A hanging IQM never hangs callers longer.
+    /// The most one acquisition of a token may take, retries and backoff waits included, before
+    /// callers get [`AuthError::BudgetExhausted`](crate::AuthError::BudgetExhausted). A hanging
+    /// IQM never hangs callers longer. Defaults to 15 s.
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self
     }
 
-    /// How long to fail fast after IQM rejected the credentials; [`DEFAULT_REJECTION_COOL_DOWN`]
-    /// if not set.
+    /// How long the layer fails fast with the same error after IQM rejected the credentials
+    /// (login answered 400, 401, 403 or another non-transient 4xx), so that a wrong password can
+    /// neither lock the account nor burn IQM's rate limit. Defaults to 30 s.
     pub fn rejection_cool_down(mut self, cool_down: Duration) -> Self {
         self.rejection_cool_down = cool_down;
         self
     }
 
-    /// How many times a transiently failing login or refresh call is tried;
-    /// [`DEFAULT_AUTH_ATTEMPTS`] if not set, at least 1.
+    /// How many times a login or refresh call is tried when it fails transiently (connect
+    /// error, reset, timeout, 5xx, 408, 429), the first try included; at least 1. Defaults to 3.
     pub fn auth_attempts(mut self, attempts: u32) -> Self {
         self.auth_attempts = attempts;
         self
     }
 
-    /// Whether a request that IQM answers with 401 is replayed once with a renewed token (the
-    /// default). Switching it off saves the copy of each request kept for the replay; a 401 then
-    /// still renews the token for the next request, and is handed back as it is.
+    /// Whether the backoff between tries of an auth call is spread by a random factor between
+    /// 0.5 and 1.5, so that replicas retrying after one outage do not all call at once. Switch
+    /// it off in tests for exact waits (200 ms, then 400 ms, …). Defaults to on.
+    pub fn backoff_jitter(mut self, jitter: bool) -> Self {
+        self.backoff_jitter = jitter;
+        self
+    }
+
+    /// Whether a request that IQM answers with 401 is replayed once with a renewed token.
+    /// Switching it off saves the copy of each request kept for the replay; a 401 then still
+    /// renews the token for the next request, and is handed back as it is. Defaults to on.
     pub fn replay_unauthorized(mut self, replay: bool) -> Self {
         self.replay_unauthorized = replay;
         self
     }
 
-    /// Whether a background task renews a token that is in use before it expires (the default),
-    /// so that no request waits for a renewal in steady state. Without it a request that finds
-    /// the token close to expiry starts the renewal, and one that finds it expired waits for it.
+    /// Whether a background task renews a token that is in use before it expires, so that no
+    /// request waits for a renewal in steady state. Without it a request that finds the token
+    /// close to expiry starts the renewal, and one that finds it expired waits for it. Defaults
+    /// to on.
     pub fn background_renewal(mut self, enabled: bool) -> Self {
         self.background_renewal = enabled;
         self
     }
 
-    /// The clock deadlines are computed with; the system's monotonic clock if not set.
+    /// The clock deadlines are computed with. Defaults to the system's monotonic clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -199,8 +207,8 @@ impl IqmAuthBuilder {
         self
     }
 
-    /// Where the session is kept across restarts; a [`MemoryTokenStore`] of its own if not set.
-    /// See [`TokenStore`] for when it is read and written.
+    /// Where the session is kept across restarts. See [`TokenStore`] for when it is read and
+    /// written. Defaults to a [`MemoryTokenStore`] of its own.
     pub fn token_store(mut self, store: Arc<dyn TokenStore>) -> Self {
         self.token_store = Some(store);
         self
@@ -245,6 +253,7 @@ impl IqmAuthBuilder {
             acquire_timeout: self.acquire_timeout,
             rejection_cool_down: self.rejection_cool_down,
             auth_attempts: self.auth_attempts.max(1),
+            backoff_jitter: self.backoff_jitter,
             replay_unauthorized: self.replay_unauthorized,
             background_renewal: self.background_renewal,
             // With the system clock, the background renewer's timer (which runs on the same
@@ -334,6 +343,7 @@ pub(crate) struct Config {
     pub(crate) acquire_timeout: Duration,
     pub(crate) rejection_cool_down: Duration,
     pub(crate) auth_attempts: u32,
+    pub(crate) backoff_jitter: bool,
     pub(crate) replay_unauthorized: bool,
     pub(crate) background_renewal: bool,
     pub(crate) clock: Arc<dyn Clock>,

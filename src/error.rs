@@ -153,14 +153,21 @@ impl AuthError {
         }
     }
 
-    /// A short name of the failure's class, for logs and metrics: `rejected`, `transient`,
-    /// `invalid_response` or `interrupted`.
-    pub fn class(&self) -> &'static str {
+    /// What kind of failure this is. The one classification of errors that the layer's
+    /// statistics, metric labels and renewal pacing all use.
+    ///
+    /// ```
+    /// use iqm_auth::{AuthError, FailureClass};
+    ///
+    /// assert_eq!(AuthError::Interrupted.class(), FailureClass::Interrupted);
+    /// assert_eq!(FailureClass::Transient.label(), "transient");
+    /// ```
+    pub fn class(&self) -> FailureClass {
         match self {
-            Self::Interrupted | Self::NoRuntime => "interrupted",
-            err if err.is_transient() => "transient",
-            Self::Rejected { .. } => "rejected",
-            _ => "invalid_response",
+            Self::Interrupted | Self::NoRuntime => FailureClass::Interrupted,
+            Self::InvalidResponse { .. } => FailureClass::InvalidResponse,
+            err if err.is_transient() => FailureClass::Transient,
+            _ => FailureClass::Rejected,
         }
     }
 
@@ -196,6 +203,39 @@ impl AuthError {
             endpoint,
             source: Arc::new(source),
         }
+    }
+}
+
+/// The kind of an [`AuthError`], from [`AuthError::class`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureClass {
+    /// May pass by itself: the call did not complete, timed out, or IQM answered 5xx, 408 or 429.
+    Transient,
+    /// IQM refused: a 4xx other than 408 and 429, or `"success": false`.
+    Rejected,
+    /// IQM answered with a body that cannot be used (not JSON, missing fields, bad token bytes).
+    InvalidResponse,
+    /// The renewal stopped before it finished (its runtime shut down), or there was no runtime.
+    Interrupted,
+}
+
+impl FailureClass {
+    /// A short name for logs and metric labels: `transient`, `rejected`, `invalid_response` or
+    /// `interrupted`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Rejected => "rejected",
+            Self::InvalidResponse => "invalid_response",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 
@@ -266,15 +306,15 @@ mod tests {
         };
         for code in [500, 502, 503, 504, 408, 429] {
             assert!(rejected(code).is_transient(), "{code}");
-            assert_eq!(rejected(code).class(), "transient");
+            assert_eq!(rejected(code).class(), FailureClass::Transient);
         }
         for code in [400, 401, 403, 404, 412, 422] {
             assert!(!rejected(code).is_transient(), "{code}");
-            assert_eq!(rejected(code).class(), "rejected");
+            assert_eq!(rejected(code).class(), FailureClass::Rejected);
         }
         let invalid = AuthError::invalid(AuthEndpoint::Login, StatusCode::OK, "x");
         assert!(!invalid.is_transient());
-        assert_eq!(invalid.class(), "invalid_response");
+        assert_eq!(invalid.class(), FailureClass::InvalidResponse);
     }
 
     #[test]

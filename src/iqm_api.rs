@@ -16,7 +16,7 @@ use crate::secret::Secret;
 use crate::token::{TokenSet, check_token_bytes, lifetime_from_expires_in};
 
 /// The largest auth answer read into memory. IQM's token answers are a few hundred bytes.
-pub const MAX_AUTH_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_AUTH_BODY_BYTES: usize = 64 * 1024;
 
 pub(crate) const LOGIN_PATH: &str = "api/v3/ua/login";
 pub(crate) const TOKEN_PATH: &str = "api/v3/ua/oauth/token";
@@ -231,7 +231,7 @@ async fn read_capped(
 /// Reads a token answer. Accepts IQM's envelope (`{"success": true, "data": {…}}`) and a bare
 /// OAuth answer alike, since the docs show both; `"success": false` is a rejection whatever
 /// the status. Never panics, whatever the bytes.
-pub fn parse_token_answer(
+pub(crate) fn parse_token_answer(
     endpoint: AuthEndpoint,
     status: StatusCode,
     body: &[u8],
@@ -533,7 +533,7 @@ mod properties {
             let body = serde_json::to_vec(&value).unwrap();
             if let Ok(set) = parse_token_answer(AuthEndpoint::Login, StatusCode::OK, &body) {
                 prop_assert!(check_token_bytes(set.access_token.expose()).is_ok());
-                prop_assert!(set.expires_in <= crate::MAX_TOKEN_LIFETIME);
+                prop_assert!(set.expires_in <= crate::token::MAX_TOKEN_LIFETIME);
             }
         }
     }

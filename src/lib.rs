@@ -1,4 +1,38 @@
-#![doc = include_str!("../README.md")]
+//! A [`reqwest-middleware`](reqwest_middleware) layer that authenticates every request a service
+//! sends to the [IQM](https://iqm.com) API.
+//!
+//! Build an [`IqmAuth`] with [`IqmAuth::builder`] (or [`IqmAuth::from_env`]) and add it to a
+//! `reqwest_middleware` client. It logs in lazily on the first request to IQM, shares one login
+//! among all concurrent callers, adds `Authorization: Bearer …` and [`X-IAA-OW-ID`](OW_ID_HEADER)
+//! to requests for IQM's origin (and to nothing else), renews the token before it expires, and
+//! renews once and replays once on a 401.
+//!
+//! ```
+//! # fn main() -> Result<(), iqm_auth::ConfigError> {
+//! let auth = iqm_auth::IqmAuth::builder()
+//!     .client_credentials("client-id", "client-secret")
+//!     .workspace_host("acme.iqm.com")
+//!     .credentials("ops@acme.com", "password")
+//!     .build()?; // sends nothing yet
+//! let client = iqm_auth::reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(auth.clone())
+//!     .build();
+//! # let _ = client;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - Failures are [`AuthError`]s, classified by [`AuthError::class`] into a [`FailureClass`];
+//!   they carry IQM's own messages ([`IqmMessage`]) and never a secret ([`Secret`]).
+//! - [`IqmAuth::stats`] gives counters ([`Stats`]) for health checks; the `metrics` feature
+//!   publishes them.
+//! - A [`TokenStore`] keeps the session across restarts ([`MemoryTokenStore`], and
+//!   `FileTokenStore` with the `file-store` feature).
+//! - The `test-util` feature adds `testing::FakeIqm`, a fake IQM server on loopback for tests of
+//!   your own code, and `testing::ManualClock`.
+//!
+//! The [README](https://docs.rs/crate/iqm-auth/latest/source/README.md) covers failure
+//! behaviour, several accounts in one service, and measured performance.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, unsafe_code)]
 #![warn(
@@ -29,17 +63,37 @@ mod token;
 
 pub use auth::IqmAuth;
 pub use clock::{Clock, SystemClock};
-pub use config::{
-    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_AUTH_ATTEMPTS, DEFAULT_AUTH_TIMEOUT, DEFAULT_BASE_URL,
-    DEFAULT_REFRESH_MARGIN, DEFAULT_REJECTION_COOL_DOWN, ENV_VARS, IqmAuthBuilder,
-};
-pub use error::{AuthEndpoint, AuthError, ConfigError, IqmMessage};
-pub use iqm_api::{MAX_AUTH_BODY_BYTES, parse_token_answer};
+pub use config::IqmAuthBuilder;
+pub use error::{AuthEndpoint, AuthError, ConfigError, FailureClass, IqmMessage};
 pub use middleware::OW_ID_HEADER;
 pub use reqwest_middleware;
 pub use secret::Secret;
-pub use stats::{RenewReason, Stats};
+pub use stats::Stats;
 #[cfg(feature = "file-store")]
 pub use store::FileTokenStore;
 pub use store::{MemoryTokenStore, StoreError, StoredTokens, TokenStore};
-pub use token::{ASSUMED_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, TokenSet};
+pub use token::TokenSet;
+
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`); not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{AuthEndpoint, AuthError, TokenSet};
+
+    /// Reads an answer of IQM's login or token endpoint, as the layer does.
+    ///
+    /// # Errors
+    /// The [`AuthError`] the layer would report for this answer.
+    pub fn parse_token_answer(
+        endpoint: AuthEndpoint,
+        status: http::StatusCode,
+        body: &[u8],
+    ) -> Result<TokenSet, AuthError> {
+        crate::iqm_api::parse_token_answer(endpoint, status, body)
+    }
+}
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

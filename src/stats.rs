@@ -3,12 +3,12 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::error::AuthError;
+use crate::error::{AuthError, FailureClass};
 
-/// Why a token was obtained or renewed.
+/// Why a token was obtained or renewed: the `reason` of the `iqm_auth.renew` span and of the
+/// renewal counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RenewReason {
+pub(crate) enum RenewReason {
     /// No token was cached yet (first use, or after [`logout`](crate::IqmAuth::logout)).
     FirstUse,
     /// The token was close to expiry and still valid: renewed ahead of time.
@@ -22,9 +22,9 @@ pub enum RenewReason {
 }
 
 impl RenewReason {
-    /// A short label for logs and metrics: `first_use`, `proactive`, `expired`, `unauthorized`
-    /// or `forced`.
-    pub fn label(self) -> &'static str {
+    /// A short label for metrics: `first_use`, `proactive`, `expired`, `unauthorized` or
+    /// `forced`.
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::FirstUse => "first_use",
             Self::Proactive => "proactive",
@@ -89,10 +89,19 @@ pub(crate) struct Counters {
     unauthorized_replays: AtomicU64,
     shared_waits: AtomicU64,
     failed_renewals: AtomicU64,
-    failures_transient: AtomicU64,
-    failures_rejected: AtomicU64,
-    failures_invalid_response: AtomicU64,
+    /// Indexed by [`FailureClass`]; interrupted renewals are counted in `failed_renewals` only.
+    failures: [AtomicU64; 3],
     store_errors: AtomicU64,
+}
+
+/// The slot of `class` in [`Counters::failures`].
+fn failure_slot(class: FailureClass) -> Option<usize> {
+    match class {
+        FailureClass::Transient => Some(0),
+        FailureClass::Rejected => Some(1),
+        FailureClass::InvalidResponse => Some(2),
+        FailureClass::Interrupted => None,
+    }
 }
 
 impl Counters {
@@ -117,18 +126,15 @@ impl Counters {
         publish::count("iqm_auth_shared_waits_total", None);
     }
     pub(crate) fn failed_renewal(&self, err: &AuthError) {
+        let class = err.class();
         self.failed_renewals.fetch_add(1, Relaxed);
         publish::count(
             "iqm_auth_failed_renewals_total",
-            Some(("class", err.class())),
+            Some(("class", class.label())),
         );
-        let by_class = match err {
-            err if err.is_transient() => &self.failures_transient,
-            AuthError::Rejected { .. } => &self.failures_rejected,
-            AuthError::InvalidResponse { .. } => &self.failures_invalid_response,
-            _ => return,
-        };
-        by_class.fetch_add(1, Relaxed);
+        if let Some(slot) = failure_slot(class) {
+            self.failures[slot].fetch_add(1, Relaxed);
+        }
     }
 
     pub(crate) fn store_error(&self) {
@@ -138,6 +144,8 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> Stats {
         let renewals = |reason: RenewReason| self.renewals[reason as usize].load(Relaxed);
+        let failures =
+            |class| failure_slot(class).map_or(0, |slot| self.failures[slot].load(Relaxed));
         Stats {
             logins: self.logins.load(Relaxed),
             refreshes: self.refreshes.load(Relaxed),
@@ -149,9 +157,9 @@ impl Counters {
             unauthorized_replays: self.unauthorized_replays.load(Relaxed),
             shared_waits: self.shared_waits.load(Relaxed),
             failed_renewals: self.failed_renewals.load(Relaxed),
-            failures_transient: self.failures_transient.load(Relaxed),
-            failures_rejected: self.failures_rejected.load(Relaxed),
-            failures_invalid_response: self.failures_invalid_response.load(Relaxed),
+            failures_transient: failures(FailureClass::Transient),
+            failures_rejected: failures(FailureClass::Rejected),
+            failures_invalid_response: failures(FailureClass::InvalidResponse),
             store_errors: self.store_errors.load(Relaxed),
         }
     }

@@ -10,11 +10,11 @@ use crate::secret::Secret;
 
 /// The longest lifetime believed from IQM's `expires_in`; larger values (10^12 seconds, numbers
 /// beyond `u64`) are cut to this, so deadline arithmetic can never overflow.
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// The lifetime assumed when IQM's answer carries no usable `expires_in` (missing, `null`, or a
 /// string that is not a number). A 401 renews such a token sooner if IQM revokes it.
-pub const ASSUMED_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
+pub(crate) const ASSUMED_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 /// The renewal margin never exceeds this fraction (1/N) of a token's lifetime, so a short-lived
 /// token is still reused for most of its life instead of being renewed on every request.
@@ -30,8 +30,8 @@ pub struct TokenSet {
     pub access_token: Secret,
     /// The refresh token, when IQM issued one.
     pub refresh_token: Option<Secret>,
-    /// How long the access token lives, from IQM's `expires_in` (see [`ASSUMED_TOKEN_LIFETIME`]
-    /// and [`MAX_TOKEN_LIFETIME`] for the values it cannot be taken from as is).
+    /// How long the access token lives, from IQM's `expires_in`: cut at one year, zero for a
+    /// zero or negative value, and one hour when the answer has no usable number.
     pub expires_in: Duration,
     /// The OAuth scope, e.g. `read write`.
     pub scope: Option<String>,

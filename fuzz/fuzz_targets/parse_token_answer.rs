@@ -3,7 +3,8 @@
 #![no_main]
 
 use iqm_auth::reqwest_middleware::reqwest::StatusCode;
-use iqm_auth::{AuthEndpoint, parse_token_answer};
+use iqm_auth::AuthEndpoint;
+use iqm_auth::fuzzing::parse_token_answer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -39,7 +39,7 @@ async fn every_caller_waiting_on_a_failed_login_gets_its_error() {
     }
     // All 20 joined the one renewal in flight, which tried the login the default 3 times.
     assert_eq!(h.auth.stats().renewals_first_use, 1);
-    assert_eq!(h.iqm.logins(), u64::from(iqm_auth::DEFAULT_AUTH_ATTEMPTS));
+    assert_eq!(h.iqm.logins(), crate::support::ATTEMPTS);
     assert_eq!(h.iqm.api_calls(), 0);
 }
 

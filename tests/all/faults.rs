@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use iqm_auth::AuthError;
 use iqm_auth::testing::{Answer, FakeIqm, OW_ID};
-use iqm_auth::{AuthError, DEFAULT_AUTH_ATTEMPTS};
 use reqwest::StatusCode;
 
 use crate::support::{Harness, auth_error, client_with, eventually};
 
-const ATTEMPTS: u64 = DEFAULT_AUTH_ATTEMPTS as u64;
+use crate::support::ATTEMPTS;
 const HOUR: Duration = Duration::from_secs(3600);
 /// Into the renewal window of a one-hour token (60 s margin), still valid.
 const INTO_MARGIN: Duration = Duration::from_secs(59 * 60 + 30);

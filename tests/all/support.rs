@@ -4,6 +4,9 @@ use std::sync::Arc;
 use iqm_auth::testing::{FakeIqm, ManualClock};
 use iqm_auth::{AuthError, IqmAuth, IqmAuthBuilder};
 
+/// How many times the layer tries a transiently failing auth call by default.
+pub const ATTEMPTS: u64 = 3;
+
 pub struct Harness {
     pub iqm: FakeIqm,
     pub auth: IqmAuth,

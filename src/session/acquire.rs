@@ -1,0 +1,220 @@
+//! Acquisition: how one renewal obtains a token. The refresh-token grant when a refresh token is
+//! cached, a password login when there is none or IQM refuses the refresh; the token store read
+//! once before the first login and written after every new set; the cached form of an answer.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use crate::error::{AuthEndpoint, AuthError};
+use crate::secret::Secret;
+use crate::stats::RenewReason;
+use crate::store::{NewTokensHook, StoreError, StoredTokens};
+use crate::token::{CachedToken, Deadlines, Freshness, TokenSet, check_token_bytes};
+
+use super::Session;
+
+/// A token is trusted to stay fresh without clock reads only if its renewal deadline is at least
+/// this far away when it is stored, so that a late timer cannot let an expired token be used.
+const MIN_TIMER_LEAD: Duration = Duration::from_secs(1);
+
+/// The most a token store may take to load, save or clear.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where an acquired token came from: only new sets from IQM are saved to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    Iqm,
+    Store,
+}
+
+impl Session {
+    /// The one place where tokens are obtained from IQM, within the acquisition budget: the
+    /// refresh-token grant when a refresh token is cached, and a password login when there is
+    /// none or IQM refuses the refresh (a transient refresh failure is returned as it is: IQM is
+    /// in trouble, and a login would only add load).
+    pub(super) async fn acquire(
+        &self,
+        reason: RenewReason,
+    ) -> Result<(Arc<CachedToken>, Source), AuthError> {
+        let budget = self.policy.acquire_timeout;
+        tokio::time::timeout(budget, async {
+            let mut previous = self.current.load_full();
+            if previous.is_none() && !self.store_consulted.swap(true, Ordering::Relaxed) {
+                match self.load_stored().await {
+                    Some(stored) if stored.deadlines.freshness(self.clock.now()) != Freshness::Expired => {
+                        info!(%reason, "resumed the stored IQM session");
+                        return Ok((stored, Source::Store));
+                    }
+                    // Expired: its refresh token may still renew it.
+                    stored => previous = stored,
+                }
+            }
+            let refused = self.refused_refresh.load(Ordering::Relaxed);
+            if let Some(previous) = previous.as_deref().filter(|p| p.generation != refused) {
+                if let Some(refresh_token) = &previous.refresh_token {
+                    let issued = self.clock.now();
+                    let refreshed = self
+                        .with_retries(AuthEndpoint::Refresh, || {
+                            self.counters.refresh();
+                            self.api.refresh(refresh_token)
+                        })
+                        .await
+                        .and_then(|set| self.cached_from_answer(set, issued, Some(previous)));
+                    match refreshed {
+                        Ok(token) => {
+                            info!(%reason, "refreshed the IQM token");
+                            return Ok((token, Source::Iqm));
+                        }
+                        Err(err) if err.is_transient() => return Err(err),
+                        Err(err) => {
+                            self.refused_refresh
+                                .store(previous.generation, Ordering::Relaxed);
+                            warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in again");
+                        }
+                    }
+                }
+            }
+            let issued = self.clock.now();
+            let set = self
+                .with_retries(AuthEndpoint::Login, || {
+                    self.counters.login();
+                    self.api.login(&self.email, &self.password)
+                })
+                .await?;
+            info!(%reason, "logged in to IQM");
+            self.cached_from_answer(set, issued, None).map(|token| (token, Source::Iqm))
+        })
+        .await
+        .unwrap_or(Err(AuthError::BudgetExhausted(budget)))
+    }
+
+    /// Builds the cached form of a token set. `refreshed_from` is the token a refresh answer
+    /// renews: its `owId` is kept, and so is its refresh token unless IQM rotated it.
+    fn cached_from_answer(
+        &self,
+        set: TokenSet,
+        issued: Instant,
+        refreshed_from: Option<&CachedToken>,
+    ) -> Result<Arc<CachedToken>, AuthError> {
+        let endpoint = if refreshed_from.is_some() {
+            AuthEndpoint::Refresh
+        } else {
+            AuthEndpoint::Login
+        };
+        let invalid = |problem: &str| AuthError::invalid(endpoint, http::StatusCode::OK, problem);
+        let ow_id = set
+            .ow_id
+            .or(refreshed_from.map(|t| t.ow_id))
+            .ok_or_else(|| invalid("the answer has no owId"))?;
+        let refresh_token = set
+            .refresh_token
+            .or_else(|| refreshed_from.and_then(|t| t.refresh_token.clone()));
+        self.new_cached_token(
+            set.access_token,
+            refresh_token,
+            ow_id,
+            issued,
+            set.expires_in,
+        )
+        .map_err(invalid)
+    }
+
+    fn new_cached_token(
+        &self,
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        ow_id: u64,
+        issued: Instant,
+        lifetime: Duration,
+    ) -> Result<Arc<CachedToken>, &'static str> {
+        let deadlines = Deadlines::compute(issued, lifetime, self.policy.refresh_margin);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        // The hot path may skip its clock read only while the renewer's timer can be trusted to
+        // mark the deadline in time: not for a token due within moments.
+        let known_fresh = self.policy.timer_marks_due
+            && deadlines
+                .renew_at
+                .saturating_duration_since(self.clock.now())
+                >= MIN_TIMER_LEAD;
+        CachedToken::new(
+            generation,
+            access_token,
+            refresh_token,
+            ow_id,
+            deadlines,
+            known_fresh,
+        )
+        .map(Arc::new)
+    }
+
+    /// The token set kept by the store, if it holds a usable one. Reported and ignored when
+    /// the store fails or holds something unusable.
+    async fn load_stored(&self) -> Option<Arc<CachedToken>> {
+        let stored = match self.bounded_store_call(self.store.load()).await {
+            Ok(stored) => stored?,
+            Err(err) => {
+                self.counters.store_error();
+                warn!(error = %err, "could not load the stored IQM session; logging in");
+                return None;
+            }
+        };
+        let tokens_ok = check_token_bytes(stored.access_token.expose()).is_ok()
+            && stored
+                .refresh_token
+                .as_ref()
+                .is_none_or(|t| check_token_bytes(t.expose()).is_ok());
+        let token = tokens_ok
+            .then(|| {
+                let remaining = stored.remaining();
+                self.new_cached_token(
+                    stored.access_token,
+                    stored.refresh_token,
+                    stored.ow_id,
+                    self.clock.now(),
+                    remaining,
+                )
+                .ok()
+            })
+            .flatten();
+        if token.is_none() {
+            self.counters.store_error();
+            warn!("the stored IQM session holds an unusable token; logging in");
+        }
+        token
+    }
+
+    /// Hands a new token set from IQM to the store and the `on_new_tokens` hook.
+    pub(super) async fn persist(&self, token: &CachedToken) {
+        let remaining = token
+            .deadlines
+            .expires_at
+            .saturating_duration_since(self.clock.now());
+        let stored = StoredTokens::new(
+            token.access_token.clone(),
+            token.refresh_token.clone(),
+            token.ow_id,
+            SystemTime::now() + remaining,
+        );
+        if let Err(err) = self.bounded_store_call(self.store.save(&stored)).await {
+            self.counters.store_error();
+            warn!(error = %err, "could not save the IQM session");
+        }
+        if let Some(NewTokensHook(hook)) = &self.on_new_tokens {
+            hook(&stored);
+        }
+    }
+
+    /// A store call, given [`STORE_TIMEOUT`] so that a hanging store cannot hold up renewals.
+    pub(super) async fn bounded_store_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(STORE_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Other("timed out".into())))
+    }
+}

@@ -1,0 +1,184 @@
+//! The single flight: at most one renewal runs at a time, in a task of its own, and every caller
+//! that wants a renewal meanwhile waits for that one's outcome.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::AuthError;
+use crate::stats::RenewReason;
+use crate::token::CachedToken;
+
+use super::Session;
+use super::acquire::Source;
+use super::pacing::Pacing;
+
+/// How many times a caller starts a renewal again when the one it waited on was interrupted
+/// before it answered (its task aborted, e.g. by a runtime shutting down).
+const INTERRUPTED_RENEWAL_RETRIES: usize = 2;
+
+/// What a renewal hands every caller waiting on it.
+pub(super) type Outcome = Result<Arc<CachedToken>, AuthError>;
+
+/// The renewal slot, behind the session's lock: the renewal running now (at most one), and the
+/// pacing that decides whether a new one may start.
+#[derive(Default)]
+pub(super) struct RenewalSlot {
+    running: Option<RunningRenewal>,
+    next_id: u64,
+    pub(super) pacing: Pacing,
+}
+
+struct RunningRenewal {
+    id: u64,
+    outcome: watch::Receiver<Option<Outcome>>,
+}
+
+/// What [`Session::join_or_start`] found.
+enum Joined {
+    /// The cache already holds a token other than the stale one.
+    Newer(Arc<CachedToken>),
+    /// A renewal runs in a task; wait for its outcome.
+    Waiting(watch::Receiver<Option<Outcome>>),
+}
+
+impl Session {
+    /// Renews the token unless the cache already holds a generation other than `stale` (the one
+    /// the caller found wanting; `None` when it found the cache empty). Joins the renewal that is
+    /// running, if any.
+    ///
+    /// Invariant: any number of concurrent callers that saw the same stale token cause one
+    /// renewal, and every caller of one renewal gets its outcome, success or error.
+    pub(crate) async fn renew(
+        self: &Arc<Self>,
+        reason: RenewReason,
+        stale: Option<u64>,
+    ) -> Result<Arc<CachedToken>, AuthError> {
+        for _ in 0..INTERRUPTED_RENEWAL_RETRIES {
+            let mut outcome = match self.join_or_start(reason, stale)? {
+                Joined::Newer(token) => return Ok(token),
+                Joined::Waiting(outcome) => outcome,
+            };
+            if let Ok(outcome) = outcome.wait_for(Option::is_some).await {
+                if let Some(result) = outcome.as_ref() {
+                    return result.clone();
+                }
+            }
+            debug!("a token renewal stopped before it answered; starting another");
+        }
+        Err(AuthError::Interrupted)
+    }
+
+    /// Joins the running renewal, returns a token newer than `stale`, fails fast while renewals
+    /// are paused, or starts a renewal in a task of its own.
+    pub(super) fn start_renewal(self: &Arc<Self>, reason: RenewReason, stale: Option<u64>) {
+        drop(self.join_or_start(reason, stale));
+    }
+
+    fn join_or_start(
+        self: &Arc<Self>,
+        reason: RenewReason,
+        stale: Option<u64>,
+    ) -> Result<Joined, AuthError> {
+        let mut slot = self.renewal.lock();
+        if let Some(running) = &slot.running {
+            self.counters.shared_wait();
+            return Ok(Joined::Waiting(running.outcome.clone()));
+        }
+        if let Some(token) = self.current.load_full() {
+            if Some(token.generation) != stale {
+                return Ok(Joined::Newer(token));
+            }
+        }
+        if let Some(err) = slot.pacing.blocked_at(self.clock.now()) {
+            return Err(err.clone());
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| AuthError::NoRuntime)?;
+        let id = slot.next_id;
+        slot.next_id += 1;
+        let (sender, outcome) = watch::channel(None);
+        slot.running = Some(RunningRenewal {
+            id,
+            outcome: outcome.clone(),
+        });
+        drop(slot);
+        self.counters.renewal(reason);
+        // The guard exists before the task first runs, so even a renewal dropped unpolled (its
+        // runtime shutting down) frees the slot.
+        let guard = RenewalGuard {
+            session: Arc::clone(self),
+            id,
+        };
+        runtime.spawn(
+            run_renewal(guard, reason, sender).instrument(info_span!("iqm_auth.renew", %reason)),
+        );
+        Ok(Joined::Waiting(outcome))
+    }
+}
+
+/// Frees the renewal slot when a renewal ends, also when its task is aborted half-way, so that
+/// later callers start a new renewal instead of waiting on one that will never answer.
+struct RenewalGuard {
+    session: Arc<Session>,
+    id: u64,
+}
+
+impl RenewalGuard {
+    /// Frees the slot if it still holds this renewal; the caller holds the lock.
+    fn free(&self, slot: &mut RenewalSlot) {
+        if slot.running.as_ref().is_some_and(|r| r.id == self.id) {
+            slot.running = None;
+        }
+    }
+}
+
+impl Drop for RenewalGuard {
+    fn drop(&mut self) {
+        self.free(&mut self.session.renewal.lock());
+    }
+}
+
+/// One renewal, from the first auth call to the stored token and the outcome for its waiters.
+///
+/// Invariant: the cache only ever holds a complete token, replaced whole; a failed renewal never
+/// replaces it. A rotated refresh token is stored together with the access token it came with.
+async fn run_renewal(
+    guard: RenewalGuard,
+    reason: RenewReason,
+    sender: watch::Sender<Option<Outcome>>,
+) {
+    let session = &guard.session;
+    let result = match session.acquire(reason).await {
+        Ok((token, source)) => {
+            // Before the token is published, so that stored sets follow the order of renewals.
+            if source == Source::Iqm {
+                session.persist(&token).await;
+            }
+            Ok(token)
+        }
+        Err(err) => Err(err),
+    };
+    {
+        let mut slot = session.renewal.lock();
+        if let Ok(token) = &result {
+            session.current.store(Some(Arc::clone(token)));
+        }
+        let now = session.clock.now();
+        slot.pacing
+            .record(result.as_ref().map(drop), now, &session.policy);
+        guard.free(&mut slot);
+    }
+    match &result {
+        Ok(token) => {
+            debug!(generation = token.generation, "stored a new IQM token");
+            session.ensure_renewer();
+            session.renewer_wake.notify_one();
+        }
+        Err(err) => {
+            session.counters.failed_renewal(err);
+            warn!(class = %err.class(), error = %err, "IQM token renewal failed");
+        }
+    }
+    sender.send_replace(Some(result));
+}

@@ -1,0 +1,230 @@
+//! The session: one token cache shared by every clone of an `IqmAuth`, and the mechanisms that
+//! keep it filled. One mechanism per file, each stating the invariant it keeps:
+//!
+//! - this file: the cache and its reads. The hot path ([`Session::usable_now`]) reads it
+//!   through an `arc-swap` snapshot, taking no lock; the cache only ever holds a complete
+//!   [`CachedToken`], replaced whole.
+//! - [`flight`]: the single flight. At most one renewal runs at a time, in a task of its own, so
+//!   a caller that gives up never cancels it for the others; concurrent callers that saw the
+//!   same stale token cause one renewal and all get its outcome.
+//! - [`acquire`]: what one renewal does. Refresh grant first, login as fallback, a refused
+//!   refresh token never tried again, the token store read once and written after every new set.
+//! - [`retry`]: retries of one auth call within a renewal, with backoff and jitter.
+//! - [`pacing`]: pauses between renewals after failures, so an outage or a wrong password costs
+//!   a bounded number of auth calls.
+//! - [`renewer`]: the background renewer, which renews a token in use before it expires.
+
+mod acquire;
+mod flight;
+mod pacing;
+mod renewer;
+mod retry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tracing::warn;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{AuthError, ConfigError};
+use crate::iqm_api::IqmApi;
+use crate::secret::Secret;
+use crate::stats::{Counters, RenewReason, Stats};
+use crate::store::{NewTokensHook, TokenStore};
+use crate::token::{CachedToken, Freshness, TokenSet};
+
+use flight::RenewalSlot;
+
+/// How renewals are paced and retried (from the builder).
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    refresh_margin: Duration,
+    acquire_timeout: Duration,
+    rejection_cool_down: Duration,
+    auth_attempts: u32,
+    backoff_jitter: bool,
+    background_renewal: bool,
+    timer_marks_due: bool,
+}
+
+pub(crate) struct Session {
+    api: IqmApi,
+    email: String,
+    password: Secret,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    current: ArcSwapOption<CachedToken>,
+    renewal: Mutex<RenewalSlot>,
+    next_generation: AtomicU64,
+    /// The generation whose refresh token IQM refused; it is not tried again (0: none).
+    refused_refresh: AtomicU64,
+    renewer: Mutex<Option<AbortHandle>>,
+    renewer_wake: Arc<Notify>,
+    store: Arc<dyn TokenStore>,
+    /// Whether the store was read (once, before the first login).
+    store_consulted: AtomicBool,
+    on_new_tokens: Option<NewTokensHook>,
+    pub(crate) counters: Counters,
+}
+
+impl Session {
+    pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
+        let api = IqmApi::new(
+            config.http,
+            &config.base,
+            config.client_id,
+            config.client_secret,
+            config.workspace_host,
+            config.auth_timeout,
+        )?;
+        Ok(Self {
+            api,
+            email: config.email,
+            password: config.password,
+            clock: config.clock,
+            policy: Policy {
+                refresh_margin: config.refresh_margin,
+                acquire_timeout: config.acquire_timeout,
+                rejection_cool_down: config.rejection_cool_down,
+                auth_attempts: config.auth_attempts,
+                backoff_jitter: config.backoff_jitter,
+                background_renewal: config.background_renewal,
+                timer_marks_due: config.timer_marks_due,
+            },
+            current: ArcSwapOption::empty(),
+            renewal: Mutex::new(RenewalSlot::default()),
+            next_generation: AtomicU64::new(1),
+            refused_refresh: AtomicU64::new(0),
+            renewer: Mutex::new(None),
+            renewer_wake: Arc::new(Notify::new()),
+            store: config.token_store,
+            store_consulted: AtomicBool::new(false),
+            on_new_tokens: config.on_new_tokens,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The hot path: a cached token that may be used now, if there is one. Takes no lock. A
+    /// token close to expiry is still used, and a renewal is started in the background.
+    pub(crate) fn usable_now<R>(
+        self: &Arc<Self>,
+        with: impl FnOnce(&CachedToken) -> R,
+    ) -> Option<R> {
+        let guard = self.current.load();
+        let token = guard.as_deref()?;
+        if token.known_fresh() {
+            token.mark_used();
+            return Some(with(token));
+        }
+        match token.deadlines.freshness(self.clock.now()) {
+            Freshness::Fresh => {}
+            Freshness::RenewSoon => {
+                // Only the first request to see the token in this state pays for starting the
+                // renewal; the background renewer retries it if it fails.
+                if token.claim_early_renewal() {
+                    self.start_renewal(RenewReason::Proactive, Some(token.generation));
+                    self.renewer_wake.notify_one();
+                }
+            }
+            Freshness::Expired => return None,
+        }
+        token.mark_used();
+        Some(with(token))
+    }
+
+    /// The slow path: waits for a token, starting or joining a renewal. Called when
+    /// [`usable_now`](Self::usable_now) found none.
+    pub(crate) async fn wait_for_token(self: &Arc<Self>) -> Result<Arc<CachedToken>, AuthError> {
+        let (reason, stale) = match self.current.load_full() {
+            // Stored by a renewal that finished since the hot path looked.
+            Some(token) if token.deadlines.freshness(self.clock.now()) != Freshness::Expired => {
+                token.mark_used();
+                return Ok(token);
+            }
+            Some(token) => (RenewReason::Expired, Some(token.generation)),
+            None => (RenewReason::FirstUse, None),
+        };
+        let token = self.renew(reason, stale).await?;
+        token.mark_used();
+        Ok(token)
+    }
+
+    /// The token cached now, whatever its state.
+    pub(crate) fn current(&self) -> Option<Arc<CachedToken>> {
+        self.current.load_full()
+    }
+
+    /// Forgets the cached token and invalidates it at IQM.
+    pub(crate) async fn logout(&self) -> Result<(), AuthError> {
+        let token = {
+            let _slot = self.renewal.lock();
+            self.current.swap(None)
+        };
+        self.store_consulted.store(true, Ordering::Relaxed);
+        if let Err(err) = self.bounded_store_call(self.store.clear()).await {
+            self.counters.store_error();
+            warn!(error = %err, "could not clear the stored IQM session");
+        }
+        match token {
+            Some(token) => self.api.logout(&token.access_token).await,
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn sign_up(
+        &self,
+        email: &str,
+        password: &Secret,
+    ) -> Result<TokenSet, AuthError> {
+        self.api.sign_up(email, password).await
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(task) = self.renewer.get_mut().take() {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current.load();
+        f.debug_struct("Session")
+            .field("api", &self.api)
+            .field("email", &self.email)
+            .field("password", &self.password)
+            .field("policy", &self.policy)
+            .field("token_generation", &current.as_ref().map(|t| t.generation))
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn policy() -> Policy {
+        Policy {
+            refresh_margin: Duration::from_secs(60),
+            acquire_timeout: Duration::from_secs(15),
+            rejection_cool_down: Duration::from_secs(30),
+            auth_attempts: 3,
+            backoff_jitter: true,
+            background_renewal: true,
+            timer_marks_due: true,
+        }
+    }
+}

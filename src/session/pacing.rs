@@ -1,0 +1,136 @@
+//! Pacing between renewals: after a failed renewal, no new one starts before a pause has passed,
+//! and callers get the failure at once instead of an auth call.
+
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::error::{AuthEndpoint, AuthError, FailureClass};
+
+use super::Policy;
+
+/// The pause after the second failed renewal in a row; it doubles with each further failure.
+const FIRST_OUTAGE_PAUSE: Duration = Duration::from_secs(2);
+/// The longest pause between renewals during an outage.
+const MAX_OUTAGE_PAUSE: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured; a longer one is cut to this.
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Invariant: while `blocked` holds an instant still ahead, no renewal starts and callers get
+/// its error. The first transient failure in a row pauses nothing (an outage that has passed is
+/// retried at once); the next ones pause 2 s, 4 s, … up to [`MAX_OUTAGE_PAUSE`]. A
+/// `Retry-After` lengthens the pause to IQM's time; rejected credentials pause for the
+/// cool-down.
+#[derive(Default)]
+pub(super) struct Pacing {
+    failures_in_a_row: u32,
+    blocked: Option<(Instant, AuthError)>,
+}
+
+impl Pacing {
+    fn pause_after(&self, err: &AuthError, policy: &Policy) -> Duration {
+        let outage = match self.failures_in_a_row {
+            0 | 1 => Duration::ZERO,
+            n => FIRST_OUTAGE_PAUSE
+                .saturating_mul(1 << (n - 2).min(16))
+                .min(MAX_OUTAGE_PAUSE),
+        };
+        // A 4xx refusal of the login: the credentials are wrong, and will stay wrong for a while.
+        let rejected_credentials = err.class() == FailureClass::Rejected
+            && err.endpoint() == Some(AuthEndpoint::Login)
+            && err.status().is_some_and(|status| status.is_client_error());
+        let pause = if rejected_credentials {
+            policy.rejection_cool_down
+        } else {
+            outage
+        };
+        pause.max(err.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER))
+    }
+
+    /// Records how a renewal ended at `now`.
+    pub(super) fn record(&mut self, result: Result<(), &AuthError>, now: Instant, policy: &Policy) {
+        match result {
+            Ok(()) => *self = Self::default(),
+            Err(err) => {
+                self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+                let pause = self.pause_after(err, policy);
+                self.blocked = (!pause.is_zero()).then(|| (now + pause, err.clone()));
+                if !pause.is_zero() {
+                    info!(class = %err.class(), pause = ?pause, "pausing IQM token renewals");
+                }
+            }
+        }
+    }
+
+    /// The error callers get at `now` instead of a renewal, while renewals are paused.
+    pub(super) fn blocked_at(&self, now: Instant) -> Option<&AuthError> {
+        match &self.blocked {
+            Some((until, err)) if now < *until => Some(err),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::tests::policy;
+
+    fn failure(endpoint: AuthEndpoint, status: u16, retry_after: Option<u64>) -> AuthError {
+        AuthError::Rejected {
+            endpoint,
+            status: http::StatusCode::from_u16(status).unwrap(),
+            messages: Vec::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn an_outage_pauses_renewals_longer_with_each_failure_in_a_row() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        let err = failure(AuthEndpoint::Login, 503, None);
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            pacing.record(Err(&err), t0, &policy());
+            pauses.push(
+                pacing
+                    .blocked
+                    .as_ref()
+                    .map_or(0, |(until, _)| (*until - t0).as_secs()),
+            );
+        }
+        assert_eq!(pauses, [0, 2, 4, 8, 16, 30, 30, 30]);
+        pacing.record(Ok(()), t0, &policy());
+        assert!(pacing.blocked_at(t0).is_none());
+        assert_eq!(pacing.failures_in_a_row, 0);
+    }
+
+    #[test]
+    fn rejected_credentials_cool_down_at_once() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.record(Err(&failure(AuthEndpoint::Login, 403, None)), t0, &policy());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(29)).is_some());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(30)).is_none());
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.record(
+            Err(&failure(AuthEndpoint::Login, 429, Some(12))),
+            t0,
+            &policy(),
+        );
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(11)).is_some());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(12)).is_none());
+        pacing.record(
+            Err(&failure(AuthEndpoint::Login, 429, Some(u64::MAX / 2))),
+            t0,
+            &policy(),
+        );
+        assert!(pacing.blocked_at(t0 + MAX_RETRY_AFTER).is_none());
+    }
+}
