@@ -318,13 +318,7 @@ impl fmt::Debug for IqmAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.debug_struct("IqmAuth")
-            .field(
-                "origin",
-                &format_args!(
-                    "{}://{}:{:?}",
-                    inner.origin.scheme, inner.origin.host, inner.origin.port
-                ),
-            )
+            .field("origin", &inner.base.origin().ascii_serialization())
             .field("replay_unauthorized", &inner.replay_unauthorized)
             .field("session", &inner.session)
             .finish()
@@ -363,6 +357,22 @@ mod tests {
         assert!(is_auth("http://127.0.0.1:8080/iqm/api/v3/ua/sign-up"));
         assert!(!is_auth("http://127.0.0.1:8080/iqm/api/v3/ua/logout"));
         assert!(!is_auth("http://127.0.0.1:8080/api/v3/ua/login"));
+    }
+
+    #[test]
+    fn debug_prints_the_origin_as_a_url() {
+        let auth = IqmAuth::builder()
+            .base_url("http://127.0.0.1:39203")
+            .client_credentials("i", "s")
+            .workspace_host("acme.iqm.com")
+            .credentials("e", "p")
+            .build()
+            .unwrap();
+        let debug = format!("{auth:?}");
+        assert!(
+            debug.contains(r#"origin: "http://127.0.0.1:39203""#),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! logout, sign-up and a protected API, with counters and fault knobs.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::IqmAuth;
+use crate::clock::{Clock, SystemClock};
 use crate::config::IqmAuthBuilder;
 
 /// The client id the fake accepts.
@@ -97,6 +99,7 @@ struct Knobs {
     rotate_refresh_tokens: bool,
     redirects: HashMap<String, String>,
     api_queue: VecDeque<u16>,
+    rate_limit: Option<u32>,
 }
 
 impl Default for Knobs {
@@ -113,6 +116,7 @@ impl Default for Knobs {
             rotate_refresh_tokens: true,
             redirects: HashMap::new(),
             api_queue: VecDeque::new(),
+            rate_limit: None,
         }
     }
 }
@@ -125,22 +129,41 @@ struct Counters {
     sign_ups: AtomicU64,
     api_calls: AtomicU64,
     unauthorized: AtomicU64,
+    rate_limited: AtomicU64,
+    refresh_reuses: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Tokens {
+    /// Live access tokens and when they expire on the fake's clock.
     access: HashMap<String, Instant>,
     refresh: HashSet<String>,
+    /// Refresh tokens rotated away: presenting one again is a reuse.
+    spent_refresh: HashSet<String>,
     next: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    clock: Arc<dyn Clock>,
     knobs: Mutex<Knobs>,
     counters: Counters,
     tokens: Mutex<Tokens>,
     invited: Mutex<HashSet<String>>,
     seen: Mutex<Vec<SeenRequest>>,
+    /// When the calls admitted within the last minute arrived, for the rate limit.
+    admitted: Mutex<VecDeque<Instant>>,
+}
+
+/// The shape of a token answer: each endpoint answers its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `{"success": true, "data": {…, "owId"}}`
+    Login,
+    /// A bare OAuth answer, no envelope and no `owId`.
+    Refresh,
+    /// `{"success": true, "data": {…}}` without `owId`.
+    SignUp,
 }
 
 /// A fake IQM server on `127.0.0.1`, stopped when dropped.
@@ -149,20 +172,73 @@ struct Shared {
 /// `X-IAA-HOST` and the user's password on login, a live bearer token and an `X-IAA-OW-ID` on
 /// every other path (its "protected API", which answers 200 with the path and workspace it
 /// saw). Its counters count every call received, failed ones included.
-#[derive(Debug)]
 pub struct FakeIqm {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// The clock given to [`FakeIqm::start_with_clock`], handed on by `auth_builder`.
+    clock: Option<Arc<dyn Clock>>,
     server: JoinHandle<()>,
 }
 
+impl fmt::Debug for FakeIqm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FakeIqm")
+            .field("addr", &self.addr)
+            .field("clock", &self.shared.clock)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FakeIqm {
-    /// Starts the fake on a free loopback port.
+    /// Starts the fake on a free loopback port. Its tokens expire on the system clock.
     ///
     /// # Errors
     /// The error of binding the port.
     pub async fn start() -> io::Result<Self> {
-        let shared = Arc::new(Shared::default());
+        Self::serve(None).await
+    }
+
+    /// Starts the fake with its tokens expiring, and its rate limit counting, on `clock`, and
+    /// [`auth_builder`](Self::auth_builder) giving the layer the same clock: a test that moves a
+    /// [`ManualClock`](super::ManualClock) expires the fake's tokens and the layer's together.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{sync::Arc, time::Duration};
+    /// use iqm_auth::testing::{FakeIqm, ManualClock};
+    ///
+    /// let clock = Arc::new(ManualClock::new());
+    /// let iqm = FakeIqm::start_with_clock(clock.clone()).await?;
+    /// let auth = iqm.auth_builder().build()?;
+    /// let client = iqm_auth::reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(auth)
+    ///     .build();
+    ///
+    /// client.get(iqm.url("/api/v3/campaigns")).send().await?;
+    /// clock.advance(Duration::from_secs(3600)); // the token expires, here and at the fake
+    /// assert_eq!(client.get(iqm.url("/api/v3/campaigns")).send().await?.status(), 200);
+    /// assert_eq!((iqm.logins(), iqm.refreshes(), iqm.unauthorized()), (1, 1, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The error of binding the port.
+    pub async fn start_with_clock(clock: Arc<dyn Clock>) -> io::Result<Self> {
+        Self::serve(Some(clock)).await
+    }
+
+    async fn serve(clock: Option<Arc<dyn Clock>>) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            clock: clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
+            knobs: Mutex::default(),
+            counters: Counters::default(),
+            tokens: Mutex::default(),
+            invited: Mutex::default(),
+            seen: Mutex::default(),
+            admitted: Mutex::default(),
+        });
         let app = Router::new()
             .route("/api/v3/ua/login", post(login))
             .route("/api/v3/ua/oauth/token", post(token))
@@ -180,6 +256,7 @@ impl FakeIqm {
         Ok(Self {
             addr,
             shared,
+            clock,
             server,
         })
     }
@@ -194,13 +271,18 @@ impl FakeIqm {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
     }
 
-    /// A builder filled in with this fake's base URL and the credentials it accepts.
+    /// A builder filled in with this fake's base URL and the credentials it accepts, and the
+    /// fake's clock if it was started with one.
     pub fn auth_builder(&self) -> IqmAuthBuilder {
-        IqmAuth::builder()
+        let builder = IqmAuth::builder()
             .base_url(self.base_url())
             .client_credentials(CLIENT_ID, CLIENT_SECRET)
             .workspace_host(WORKSPACE_HOST)
-            .credentials(EMAIL, PASSWORD)
+            .credentials(EMAIL, PASSWORD);
+        match &self.clock {
+            Some(clock) => builder.clock(Arc::clone(clock)),
+            None => builder,
+        }
     }
 
     /// Login calls received.
@@ -230,6 +312,15 @@ impl FakeIqm {
     /// Login and refresh calls received.
     pub fn auth_calls(&self) -> u64 {
         self.logins() + self.refreshes()
+    }
+    /// Calls answered 429 by the rate limit of [`set_rate_limit`](Self::set_rate_limit).
+    pub fn rate_limited(&self) -> u64 {
+        self.shared.counters.rate_limited.load(SeqCst)
+    }
+    /// Refresh calls that presented a refresh token already spent by an earlier refresh (IQM
+    /// rotates them): a client that does this has lost track of its session.
+    pub fn refresh_reuses(&self) -> u64 {
+        self.shared.counters.refresh_reuses.load(SeqCst)
     }
 
     /// What the protected API saw, oldest first.
@@ -303,6 +394,14 @@ impl FakeIqm {
         self.shared.knobs.lock().rotate_refresh_tokens = rotate;
     }
 
+    /// Limits every caller together to `per_minute` calls in any minute of the fake's clock,
+    /// auth calls included, as IQM does (about 20): past it, calls are answered
+    /// `429 Too Many Requests` with a `Retry-After` of the seconds until a call is admitted
+    /// again. Calls answered 429 do not count. `None` (the default) is no limit.
+    pub fn set_rate_limit(&self, per_minute: Option<u32>) {
+        self.shared.knobs.lock().rate_limit = per_minute;
+    }
+
     /// Revokes every access token issued so far: the protected API answers 401 to them.
     pub fn revoke_all_access_tokens(&self) {
         self.shared.tokens.lock().access.clear();
@@ -344,14 +443,37 @@ fn basic_ok(headers: &HeaderMap) -> bool {
 }
 
 impl Shared {
-    /// Issues a token set and answers it the way `answer` says.
-    fn issue(
-        &self,
-        answer: &Answer,
-        envelope: bool,
-        with_ow_id: bool,
-        keep_refresh: Option<String>,
-    ) -> Response {
+    /// Admits a call under the rate limit, or answers it 429.
+    fn rate_limit(&self) -> Option<Response> {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let limit = self.knobs.lock().rate_limit?;
+        let now = self.clock.now();
+        let mut admitted = self.admitted.lock();
+        while admitted
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
+        {
+            admitted.pop_front();
+        }
+        if admitted.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+            admitted.push_back(now);
+            return None;
+        }
+        self.counters.rate_limited.fetch_add(1, SeqCst);
+        let free_in = admitted.front().map_or(Duration::ZERO, |oldest| {
+            MINUTE - now.duration_since(*oldest)
+        });
+        let seconds = free_in.as_secs() + u64::from(free_in.subsec_nanos() > 0);
+        let mut response = envelope_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        Some(response)
+    }
+
+    /// Issues a token set and answers it in `shape`, the way `answer` says. `kept_refresh` is
+    /// the refresh token a non-rotating refresh answers with again.
+    fn issue(&self, answer: &Answer, shape: Shape, kept_refresh: Option<String>) -> Response {
         let (lifetime, expires_in) = {
             let knobs = self.knobs.lock();
             let expires_in = knobs
@@ -366,10 +488,11 @@ impl Shared {
             let n = tokens.next;
             let access = format!("access-{n:04}-{:016x}", random_u64());
             let refresh =
-                keep_refresh.unwrap_or_else(|| format!("refresh-{n:04}-{:016x}", random_u64()));
-            tokens
-                .access
-                .insert(access.clone(), Instant::now() + lifetime);
+                kept_refresh.unwrap_or_else(|| format!("refresh-{n:04}-{:016x}", random_u64()));
+            let expires = self.clock.now().checked_add(lifetime);
+            if let Some(expires) = expires {
+                tokens.access.insert(access.clone(), expires);
+            }
             tokens.refresh.insert(refresh.clone());
             (access, refresh)
         };
@@ -380,7 +503,7 @@ impl Shared {
             "token_type": "bearer",
             "expires_in": expires_in,
         });
-        if with_ow_id {
+        if shape == Shape::Login {
             data["owId"] = json!(OW_ID);
         }
         let raw = |body: String| (StatusCode::OK, body).into_response();
@@ -434,10 +557,9 @@ impl Shared {
                 return (StatusCode::OK, body).into_response();
             }
         }
-        let body = if envelope {
-            json!({"success": true, "data": data})
-        } else {
-            data
+        let body = match shape {
+            Shape::Login | Shape::SignUp => json!({"success": true, "data": data}),
+            Shape::Refresh => data,
         };
         (StatusCode::OK, axum::Json(body)).into_response()
     }
@@ -445,6 +567,9 @@ impl Shared {
 
 async fn login(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.counters.logins.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
     let (delay, answer) = {
         let mut knobs = shared.knobs.lock();
         let answer = knobs
@@ -466,7 +591,7 @@ async fn login(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     if body["grantType"] != "password" || body["email"] != EMAIL || body["password"] != PASSWORD {
         return envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED);
     }
-    shared.issue(&answer, true, true, None)
+    shared.issue(&answer, Shape::Login, None)
 }
 
 async fn token(
@@ -475,6 +600,9 @@ async fn token(
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     shared.counters.refreshes.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
     let (delay, answer, rotate) = {
         let mut knobs = shared.knobs.lock();
         let answer = knobs
@@ -506,14 +634,18 @@ async fn token(
     {
         let mut tokens = shared.tokens.lock();
         if !tokens.refresh.contains(presented) {
+            if tokens.spent_refresh.contains(presented) {
+                shared.counters.refresh_reuses.fetch_add(1, SeqCst);
+            }
             return invalid_grant("Invalid refresh token");
         }
         if rotate && answer == Answer::Normal {
             tokens.refresh.remove(presented);
+            tokens.spent_refresh.insert(presented.clone());
         }
     }
     let keep = (!rotate).then(|| presented.clone());
-    shared.issue(&answer, false, false, keep)
+    shared.issue(&answer, Shape::Refresh, keep)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -531,12 +663,15 @@ fn live(shared: &Shared, headers: &HeaderMap) -> bool {
             .lock()
             .access
             .get(token)
-            .is_some_and(|expires| Instant::now() < *expires)
+            .is_some_and(|expires| shared.clock.now() < *expires)
     })
 }
 
 async fn logout(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     shared.counters.logouts.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
     if !live(&shared, &headers) {
         return envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
@@ -548,6 +683,9 @@ async fn logout(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 
 async fn sign_up(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     shared.counters.sign_ups.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
     if !basic_ok(&headers) {
         return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
     }
@@ -573,11 +711,14 @@ async fn sign_up(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             "Password must have at least 8 characters, one upper-case, one lower-case and one special character.",
         );
     }
-    shared.issue(&Answer::Normal, true, false, None)
+    shared.issue(&Answer::Normal, Shape::SignUp, None)
 }
 
 async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     shared.counters.api_calls.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
     let headers = request.headers();
     let (redirect, queued) = {
         let mut knobs = shared.knobs.lock();

@@ -32,19 +32,20 @@ fn recommended(auth: &IqmAuth) -> ClientWithMiddleware {
         .build()
 }
 
-async fn with_manual_clock(iqm: &FakeIqm) -> (IqmAuth, Arc<ManualClock>) {
+/// A fake IQM and a layer on one clock the test moves by hand.
+async fn with_manual_clock() -> (FakeIqm, IqmAuth, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new());
+    let iqm = FakeIqm::start_with_clock(clock.clone()).await.unwrap();
     let auth = iqm
         .auth_builder()
-        .clock(clock.clone())
         .background_renewal(false)
         .build()
         .unwrap();
-    (auth, clock)
+    (iqm, auth, clock)
 }
 
-/// Sends one request; after IQM answers its first attempt with 503, the token expires and IQM
-/// revokes it. Returns the final status.
+/// Sends one request; after IQM answers its first attempt with 503, the token expires. Returns
+/// the final status.
 async fn retried_across_a_renewal(
     iqm: &FakeIqm,
     client: &ClientWithMiddleware,
@@ -57,15 +58,13 @@ async fn retried_across_a_renewal(
         async move { client.get(url).send().await.unwrap().status().as_u16() }
     });
     eventually("the first attempt was answered", || iqm.api_calls() == 2).await;
-    iqm.revoke_all_access_tokens();
     clock.advance(Duration::from_secs(3600));
     request.await.unwrap()
 }
 
 #[tokio::test]
 async fn every_retry_attempt_carries_the_token_current_when_it_is_sent() {
-    let iqm = FakeIqm::start().await.unwrap();
-    let (auth, clock) = with_manual_clock(&iqm).await;
+    let (iqm, auth, clock) = with_manual_clock().await;
     let client = recommended(&auth);
     assert_eq!(
         client.get(iqm.url("/warm")).send().await.unwrap().status(),
@@ -82,8 +81,7 @@ async fn every_retry_attempt_carries_the_token_current_when_it_is_sent() {
 
 #[tokio::test]
 async fn with_iqm_auth_outside_the_retry_layer_a_retry_reuses_a_stale_token() {
-    let iqm = FakeIqm::start().await.unwrap();
-    let (auth, clock) = with_manual_clock(&iqm).await;
+    let (iqm, auth, clock) = with_manual_clock().await;
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(auth.clone())
         .with(retry())

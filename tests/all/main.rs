@@ -1,7 +1,9 @@
 //! Integration tests: one binary, against the crate's loopback fake IQM server.
 
+mod accounts;
 mod composition;
 mod concurrency;
+mod fake;
 mod faults;
 mod login;
 mod renewal;

@@ -14,16 +14,21 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// A harness whose layer reads a clock the test moves by hand; `background` switches the
-    /// background renewer on or off.
+    /// A harness whose layer and fake IQM both read a clock the test moves by hand;
+    /// `background` switches the background renewer on or off.
     pub async fn with_manual_clock(background: bool) -> (Self, Arc<ManualClock>) {
+        Self::with_manual_clock_and(move |b| b.background_renewal(background)).await
+    }
+
+    /// Like [`with_manual_clock`](Self::with_manual_clock), with more settings.
+    pub async fn with_manual_clock_and(
+        configure: impl FnOnce(IqmAuthBuilder) -> IqmAuthBuilder,
+    ) -> (Self, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new());
-        let harness = Self::with({
-            let clock = Arc::clone(&clock);
-            move |b| b.clock(clock).background_renewal(background)
-        })
-        .await;
-        (harness, clock)
+        let iqm = FakeIqm::start_with_clock(clock.clone())
+            .await
+            .expect("fake IQM starts");
+        (Self::over(iqm, configure), clock)
     }
 
     pub async fn start() -> Self {
@@ -32,6 +37,10 @@ impl Harness {
 
     pub async fn with(configure: impl FnOnce(IqmAuthBuilder) -> IqmAuthBuilder) -> Self {
         let iqm = FakeIqm::start().await.expect("fake IQM starts");
+        Self::over(iqm, configure)
+    }
+
+    fn over(iqm: FakeIqm, configure: impl FnOnce(IqmAuthBuilder) -> IqmAuthBuilder) -> Self {
         let auth = configure(iqm.auth_builder()).build().expect("valid config");
         let client = client_with(&auth);
         Self { iqm, auth, client }
