@@ -23,6 +23,14 @@ const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the layer fails fast after IQM rejected the credentials.
 const DEFAULT_REJECTION_COOL_DOWN: Duration = Duration::from_secs(30);
+/// The longest the rejection cool-down grows to for rejections in a row.
+const DEFAULT_MAX_REJECTION_COOL_DOWN: Duration = Duration::from_secs(15 * 60);
+/// How long renewals pause after a 429 without `Retry-After`.
+const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(10);
+/// How long after a 401-driven renewal a 401 on the unused new token is not the token's fault.
+const DEFAULT_FRESH_TOKEN_401_WINDOW: Duration = Duration::from_secs(10);
+/// Failed auth calls allowed a minute, and in a row.
+const DEFAULT_AUTH_CALL_BUDGET: (u32, u32) = (10, 3);
 /// How many times one login or refresh call is tried when it fails transiently.
 const DEFAULT_AUTH_ATTEMPTS: u32 = 3;
 
@@ -53,7 +61,7 @@ const ENV_VARS: [&str; 6] = [
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build()` is called"]
 pub struct IqmAuthBuilder {
-    base_url: String,
+    base_url: RawBaseUrl,
     client_id: String,
     client_secret: Secret,
     workspace_host: String,
@@ -63,6 +71,10 @@ pub struct IqmAuthBuilder {
     auth_timeout: Duration,
     acquire_timeout: Duration,
     rejection_cool_down: Duration,
+    max_rejection_cool_down: Duration,
+    rate_limit_pause: Duration,
+    fresh_token_401_window: Duration,
+    auth_call_budget: (u32, u32),
     auth_attempts: u32,
     backoff_jitter: bool,
     replay_unauthorized: bool,
@@ -77,7 +89,7 @@ pub struct IqmAuthBuilder {
 impl Default for IqmAuthBuilder {
     fn default() -> Self {
         Self {
-            base_url: DEFAULT_BASE_URL.to_owned(),
+            base_url: RawBaseUrl(DEFAULT_BASE_URL.to_owned()),
             client_id: String::new(),
             client_secret: Secret::new(""),
             workspace_host: String::new(),
@@ -87,6 +99,10 @@ impl Default for IqmAuthBuilder {
             auth_timeout: DEFAULT_AUTH_TIMEOUT,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             rejection_cool_down: DEFAULT_REJECTION_COOL_DOWN,
+            max_rejection_cool_down: DEFAULT_MAX_REJECTION_COOL_DOWN,
+            rate_limit_pause: DEFAULT_RATE_LIMIT_PAUSE,
+            fresh_token_401_window: DEFAULT_FRESH_TOKEN_401_WINDOW,
+            auth_call_budget: DEFAULT_AUTH_CALL_BUDGET,
             auth_attempts: DEFAULT_AUTH_ATTEMPTS,
             backoff_jitter: true,
             replay_unauthorized: true,
@@ -103,7 +119,7 @@ impl IqmAuthBuilder {
     /// The API's base URL. Requests whose scheme, host and port equal this URL's are
     /// authenticated; all others pass through untouched. Defaults to `https://api.iqm.com`.
     pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
-        self.base_url = base_url.into();
+        self.base_url = RawBaseUrl(base_url.into());
         self
     }
 
@@ -156,9 +172,48 @@ impl IqmAuthBuilder {
 
     /// How long the layer fails fast with the same error after IQM rejected the credentials
     /// (login answered 400, 401, 403 or another non-transient 4xx), so that a wrong password can
-    /// neither lock the account nor burn IQM's rate limit. Defaults to 30 s.
+    /// neither lock the account nor burn IQM's rate limit. It doubles for each rejection in a
+    /// row, up to [`max_rejection_cool_down`](Self::max_rejection_cool_down), and a successful
+    /// renewal resets it. Defaults to 30 s.
     pub fn rejection_cool_down(mut self, cool_down: Duration) -> Self {
         self.rejection_cool_down = cool_down;
+        self
+    }
+
+    /// The longest the rejection cool-down grows to for rejections in a row. Defaults to 15 min:
+    /// a wrong password costs at most 8 login calls in its first hour, 4 an hour after that.
+    pub fn max_rejection_cool_down(mut self, max: Duration) -> Self {
+        self.max_rejection_cool_down = max;
+        self
+    }
+
+    /// How long renewals pause after IQM answers an auth call `429 Too Many Requests` without a
+    /// `Retry-After` (with one, IQM's time is waited out). Defaults to 10 s.
+    pub fn rate_limit_pause(mut self, pause: Duration) -> Self {
+        self.rate_limit_pause = pause;
+        self
+    }
+
+    /// How long after a renewal caused by a 401 a further 401 on the new token, before that
+    /// token has served any request, is handed back without another renewal: such a 401 is the
+    /// endpoint refusing the user (a workspace or resource it may not access), not a bad token,
+    /// and renewing for it would spend IQM's rate limit one call per request. Once the token has
+    /// served a request, a 401 is a revocation and is recovered at once. Defaults to 10 s.
+    pub fn fresh_token_401_window(mut self, window: Duration) -> Self {
+        self.fresh_token_401_window = window;
+        self
+    }
+
+    /// The budget for failed auth calls: every login or refresh call the layer sends that does
+    /// not yield a usable token (connect error, timeout, 5xx, 429, refusal, unusable answer)
+    /// takes one; at most `per_minute` in any minute and `burst` in a row. While it is spent no
+    /// auth call is sent, and callers get [`AuthError::CallBudgetExhausted`] at once, saying when
+    /// the next call is allowed. Successful calls take nothing. Both are at least 1. Defaults to
+    /// 10 a minute with a burst of 3, half of IQM's limit of about 20 requests a minute.
+    ///
+    /// [`AuthError::CallBudgetExhausted`]: crate::AuthError::CallBudgetExhausted
+    pub fn auth_call_budget(mut self, per_minute: u32, burst: u32) -> Self {
+        self.auth_call_budget = (per_minute, burst);
         self
     }
 
@@ -226,7 +281,7 @@ impl IqmAuthBuilder {
     /// # Errors
     /// [`ConfigError`] naming the first setting that is missing, blank or malformed.
     pub fn build(self) -> Result<IqmAuth, ConfigError> {
-        let base = parse_base_url(&self.base_url)?;
+        let base = parse_base_url(&self.base_url.0)?;
         require("client id", self.client_id.trim().is_empty())?;
         require("client secret", self.client_secret.is_blank())?;
         require("workspace host", self.workspace_host.trim().is_empty())?;
@@ -252,6 +307,10 @@ impl IqmAuthBuilder {
             auth_timeout: self.auth_timeout,
             acquire_timeout: self.acquire_timeout,
             rejection_cool_down: self.rejection_cool_down,
+            max_rejection_cool_down: self.max_rejection_cool_down,
+            rate_limit_pause: self.rate_limit_pause,
+            fresh_token_401_window: self.fresh_token_401_window,
+            auth_call_budget: self.auth_call_budget,
             auth_attempts: self.auth_attempts.max(1),
             backoff_jitter: self.backoff_jitter,
             replay_unauthorized: self.replay_unauthorized,
@@ -304,9 +363,35 @@ fn require(what: &'static str, blank: bool) -> Result<(), ConfigError> {
     }
 }
 
+/// The base URL as the user gave it, before validation. `Debug` hides any user info in it (a
+/// password), since the builder may be logged before `build()` refuses such a URL.
+#[derive(Clone)]
+struct RawBaseUrl(String);
+
+impl std::fmt::Debug for RawBaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&without_user_info(&self.0), f)
+    }
+}
+
+/// `raw` with everything between `scheme://` and the last `@` of the authority replaced, so
+/// that a URL such as `https://user:hunter2@host` can be shown. Works on text that does not
+/// parse as a URL too.
+fn without_user_info(raw: &str) -> String {
+    let (scheme, rest) = match raw.find("://") {
+        Some(i) => raw.split_at(i + 3),
+        None => ("", raw),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}[redacted]{}", &rest[at..]),
+        None => raw.to_owned(),
+    }
+}
+
 fn parse_base_url(raw: &str) -> Result<Url, ConfigError> {
     let invalid = |problem: &str| ConfigError::InvalidBaseUrl {
-        url: raw.to_owned(),
+        url: without_user_info(raw),
         problem: problem.to_owned(),
     };
     let mut url = Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
@@ -342,6 +427,10 @@ pub(crate) struct Config {
     pub(crate) auth_timeout: Duration,
     pub(crate) acquire_timeout: Duration,
     pub(crate) rejection_cool_down: Duration,
+    pub(crate) max_rejection_cool_down: Duration,
+    pub(crate) rate_limit_pause: Duration,
+    pub(crate) fresh_token_401_window: Duration,
+    pub(crate) auth_call_budget: (u32, u32),
     pub(crate) auth_attempts: u32,
     pub(crate) backoff_jitter: bool,
     pub(crate) replay_unauthorized: bool,
@@ -398,6 +487,30 @@ mod tests {
                 other => panic!("{url}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_password_in_the_base_url_is_neither_accepted_nor_echoed() {
+        for url in [
+            "https://user:hunter2@api.iqm.com",
+            "https://hunter2@api.iqm.com/path",
+            "https://user:hunter2@api.iqm.com:notaport",
+            "user:hunter2@api.iqm.com",
+        ] {
+            let builder = complete().base_url(url);
+            let debug = format!("{builder:?}");
+            let err = builder.build().unwrap_err();
+            let shown = format!("{debug} {err} {err:?}");
+            assert!(!shown.contains("hunter2"), "{url}: {shown}");
+        }
+        assert_eq!(
+            without_user_info("https://user:pw@api.iqm.com/x?a=b@c"),
+            "https://[redacted]@api.iqm.com/x?a=b@c"
+        );
+        assert_eq!(
+            without_user_info("https://api.iqm.com/"),
+            "https://api.iqm.com/"
+        );
     }
 
     #[test]

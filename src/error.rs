@@ -116,6 +116,19 @@ pub enum AuthError {
     /// is shutting down.
     #[error("the IQM token renewal stopped before it finished")]
     Interrupted,
+    /// [`IqmAuth::logout`](crate::IqmAuth::logout) was called while this token was being
+    /// obtained: the new token was dropped, and the next request logs in again.
+    #[error("the IQM session was logged out while a token was being obtained")]
+    LoggedOut,
+    /// Too many auth calls failed lately: the layer's budget for failed login and refresh calls
+    /// ([`IqmAuthBuilder::auth_call_budget`](crate::IqmAuthBuilder::auth_call_budget)) is spent,
+    /// so no call is sent before `retry_after` has passed. It keeps a struggling IQM, or a wrong
+    /// password, from eating the account's rate limit.
+    #[error("too many IQM auth calls failed lately; the next one is allowed in {retry_after:?}")]
+    CallBudgetExhausted {
+        /// How long until the next auth call is allowed.
+        retry_after: Duration,
+    },
     /// A token was needed outside a Tokio runtime, which `reqwest` and this crate require.
     #[error("iqm-auth needs a Tokio runtime to obtain a token")]
     NoRuntime,
@@ -127,7 +140,11 @@ impl AuthError {
         match self {
             Self::Rejected { status, .. } | Self::InvalidResponse { status, .. } => Some(*status),
             Self::Transport { source, .. } => source.status(),
-            Self::BudgetExhausted(_) | Self::Interrupted | Self::NoRuntime => None,
+            Self::BudgetExhausted(_)
+            | Self::Interrupted
+            | Self::LoggedOut
+            | Self::CallBudgetExhausted { .. }
+            | Self::NoRuntime => None,
         }
     }
 
@@ -141,14 +158,19 @@ impl AuthError {
                     || *status == StatusCode::REQUEST_TIMEOUT
                     || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            Self::InvalidResponse { .. } | Self::NoRuntime => false,
+            Self::InvalidResponse { .. }
+            | Self::NoRuntime
+            | Self::LoggedOut
+            | Self::CallBudgetExhausted { .. } => false,
         }
     }
 
-    /// How long IQM asked callers to wait (`Retry-After`), if it did.
+    /// How long to wait before the next try: IQM's `Retry-After` if it sent one, or the time
+    /// until the layer's budget for failed auth calls allows the next one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Rejected { retry_after, .. } => *retry_after,
+            Self::CallBudgetExhausted { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -164,7 +186,8 @@ impl AuthError {
     /// ```
     pub fn class(&self) -> FailureClass {
         match self {
-            Self::Interrupted | Self::NoRuntime => FailureClass::Interrupted,
+            Self::Interrupted | Self::LoggedOut | Self::NoRuntime => FailureClass::Interrupted,
+            Self::CallBudgetExhausted { .. } => FailureClass::Throttled,
             Self::InvalidResponse { .. } => FailureClass::InvalidResponse,
             err if err.is_transient() => FailureClass::Transient,
             _ => FailureClass::Rejected,
@@ -185,7 +208,11 @@ impl AuthError {
             Self::Rejected { endpoint, .. }
             | Self::Transport { endpoint, .. }
             | Self::InvalidResponse { endpoint, .. } => Some(*endpoint),
-            Self::BudgetExhausted(_) | Self::Interrupted | Self::NoRuntime => None,
+            Self::BudgetExhausted(_)
+            | Self::Interrupted
+            | Self::LoggedOut
+            | Self::CallBudgetExhausted { .. }
+            | Self::NoRuntime => None,
         }
     }
 
@@ -216,19 +243,23 @@ pub enum FailureClass {
     Rejected,
     /// IQM answered with a body that cannot be used (not JSON, missing fields, bad token bytes).
     InvalidResponse,
-    /// The renewal stopped before it finished (its runtime shut down), or there was no runtime.
+    /// The renewal stopped before it finished (its runtime shut down, or a logout fenced it
+    /// off), or there was no runtime.
     Interrupted,
+    /// No auth call was sent: the layer's budget for failed auth calls is spent for now.
+    Throttled,
 }
 
 impl FailureClass {
-    /// A short name for logs and metric labels: `transient`, `rejected`, `invalid_response` or
-    /// `interrupted`.
+    /// A short name for logs and metric labels: `transient`, `rejected`, `invalid_response`,
+    /// `interrupted` or `throttled`.
     pub fn label(self) -> &'static str {
         match self {
             Self::Transient => "transient",
             Self::Rejected => "rejected",
             Self::InvalidResponse => "invalid_response",
             Self::Interrupted => "interrupted",
+            Self::Throttled => "throttled",
         }
     }
 }

@@ -175,11 +175,16 @@ impl IqmApi {
             .await
             .map_err(|e| AuthError::transport(endpoint, e))?;
         let status = response.status();
-        let body = read_capped(endpoint, status, &mut response).await?;
         if !status.is_success() {
+            // The status decides what a failure is (transient or not, and when to try again),
+            // whatever the body: a 503 with a large HTML page is still a 503.
             let retry_after = retry_after(response.headers());
+            let body = read_capped(endpoint, status, &mut response)
+                .await
+                .unwrap_or_default();
             return Err(rejection(endpoint, status, &body, retry_after));
         }
+        let body = read_capped(endpoint, status, &mut response).await?;
         Ok((status, body))
     }
 }

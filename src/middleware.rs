@@ -93,6 +93,8 @@ impl Middleware for IqmAuth {
                     if response.status() == StatusCode::UNAUTHORIZED {
                         // Handed back as it is; the next request uses the renewed token.
                         let _ = renew_after_401(session, generation).await;
+                    } else {
+                        session.served(generation);
                     }
                     Ok(response)
                 })
@@ -130,6 +132,7 @@ fn send<'a>(
         };
         let response = next.clone().run(request, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
+            session.served(generation);
             return Ok(response);
         }
         recover(session, generation, response, replay, extensions, next).await
@@ -140,12 +143,29 @@ fn send<'a>(
 // temporaries of an inline `Box::pin(…).await`, which live to the end of the statement) would
 // be laid out in the future of every request, pushing it past the allocator's fast size classes.
 
+/// After a 401 to a request sent with token `generation`: renews the token once (shared with
+/// every other request that saw the same token), or `None` when the 401 is not the token's
+/// fault (see [`Session::unauthorized_is_not_the_tokens_fault`]) and nothing is renewed.
 fn renew_after_401(
     session: &Arc<Session>,
     generation: u64,
-) -> BoxFuture<'_, std::result::Result<Arc<CachedToken>, AuthError>> {
-    tracing::debug!(generation, "IQM answered 401; renewing the token");
-    Box::pin(session.renew(RenewReason::Unauthorized, Some(generation)))
+) -> BoxFuture<'_, Option<std::result::Result<Arc<CachedToken>, AuthError>>> {
+    Box::pin(async move {
+        if session.unauthorized_is_not_the_tokens_fault(generation) {
+            tracing::debug!(
+                generation,
+                "IQM answered 401 to a token fresh from a 401-driven renewal; not renewing again"
+            );
+            session.counters.unauthorized_not_renewed();
+            return None;
+        }
+        tracing::debug!(generation, "IQM answered 401; renewing the token");
+        Some(
+            session
+                .renew(RenewReason::Unauthorized, Some(generation))
+                .await,
+        )
+    })
 }
 
 fn wait_for_token(
@@ -156,7 +176,7 @@ fn wait_for_token(
 
 /// After a 401 to a request sent with token `generation`: renews the token once (shared with
 /// every other request that saw the same token) and replays the request once. A second 401 is
-/// handed back as it is: never a loop.
+/// handed back as it is: never a loop. So is a 401 that is not the token's fault.
 fn recover<'a>(
     session: &'a Arc<Session>,
     generation: u64,
@@ -166,12 +186,18 @@ fn recover<'a>(
     next: Next<'a>,
 ) -> BoxFuture<'a, Result<Response>> {
     Box::pin(async move {
-        let renewed = renew_after_401(session, generation).await;
+        let Some(renewed) = renew_after_401(session, generation).await else {
+            return Ok(response);
+        };
         match (replay, renewed) {
             (Some(mut replay), Ok(token)) => {
-                attach(replay.headers_mut(), &token);
+                let generation = attach(replay.headers_mut(), &token);
                 session.counters.replay();
-                next.run(replay, extensions).await
+                let response = next.run(replay, extensions).await?;
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    session.served(generation);
+                }
+                Ok(response)
             }
             (Some(_), Err(err)) => Err(Error::middleware(err)),
             // Not replayable (a streaming body, or replay switched off): the 401 goes back to the

@@ -1,14 +1,19 @@
-//! Redacting wrappers for the secrets this crate handles.
+//! The type of the secrets this crate handles: `secrecy`'s zeroizing string, shared.
 
 use std::fmt;
 use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
 
 const REDACTED: &str = "[redacted]";
 
 /// A secret string (password, client secret, access or refresh token).
 ///
 /// `Debug` and `Display` print `[redacted]`, so a secret can sit in a struct that is logged
-/// without leaking. Read the value with [`Secret::expose`], only where it is sent.
+/// without leaking. Read the value with [`Secret::expose`] (or `secrecy`'s
+/// [`ExposeSecret`]), only where it is sent. The value is held in a [`secrecy::SecretString`],
+/// so its memory is zeroed when the last clone is dropped; clones share it, so cloning copies
+/// no secret.
 ///
 /// ```
 /// use iqm_auth::Secret;
@@ -17,24 +22,38 @@ const REDACTED: &str = "[redacted]";
 /// assert_eq!(format!("{password:?} {password}"), "[redacted] [redacted]");
 /// assert_eq!(password.expose(), "hunter2");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
+#[derive(Clone)]
+pub struct Secret(Arc<SecretString>);
 
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(Arc::from(value.into()))
+        Self(Arc::new(SecretString::from(value.into())))
     }
 
     /// The secret value itself. Do not log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     pub(crate) fn is_blank(&self) -> bool {
-        self.0.trim().is_empty()
+        self.expose().trim().is_empty()
     }
 }
+
+impl ExposeSecret<str> for Secret {
+    fn expose_secret(&self) -> &str {
+        self.expose()
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,7 +1,8 @@
 //! Counters of what the layer did, read as a cheap snapshot.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::error::{AuthError, FailureClass};
 
@@ -47,10 +48,17 @@ impl fmt::Display for RenewReason {
     }
 }
 
-/// A snapshot of the layer's counters since it was built. See [`IqmAuth::stats`](crate::IqmAuth::stats).
+/// A snapshot of the layer's counters since it was built, and of its state now: enough for a
+/// health endpoint to report without a network call. See [`IqmAuth::stats`](crate::IqmAuth::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
+    /// How long the cached access token still lives (zero once it has expired); `None` when no
+    /// token is cached (before the first login, after a logout).
+    pub token_expires_in: Option<Duration>,
+    /// The class of the error of the latest renewal, if it failed; `None` once a renewal
+    /// succeeds.
+    pub last_renewal_error: Option<FailureClass>,
     /// Login calls sent (password grant), failed ones included.
     pub logins: u64,
     /// Refresh-token calls sent, failed ones included.
@@ -79,6 +87,18 @@ pub struct Stats {
     pub failures_invalid_response: u64,
     /// Token store loads, saves or clears that failed, and stored sessions that were unusable.
     pub store_errors: u64,
+    /// Panics caught in code of the user's that the layer calls (a [`TokenStore`] or the
+    /// `on_new_tokens` hook): logged and counted, never retried as an auth call.
+    ///
+    /// [`TokenStore`]: crate::TokenStore
+    pub user_code_panics: u64,
+    /// 401s handed back without a renewal, because the token came from a 401-driven renewal
+    /// moments ago and had served no request yet (the endpoint refuses, not the token).
+    pub unauthorized_not_renewed: u64,
+    /// Logout calls sent.
+    pub logouts: u64,
+    /// Sign-up calls sent.
+    pub sign_ups: u64,
 }
 
 #[derive(Debug, Default)]
@@ -91,8 +111,23 @@ pub(crate) struct Counters {
     failed_renewals: AtomicU64,
     /// Indexed by [`FailureClass`]; interrupted renewals are counted in `failed_renewals` only.
     failures: [AtomicU64; 3],
+    /// The latest renewal's failure class as `1 + slot` of [`CLASSES`], 0 after a success.
+    last_failure: AtomicU8,
     store_errors: AtomicU64,
+    user_code_panics: AtomicU64,
+    unauthorized_not_renewed: AtomicU64,
+    logouts: AtomicU64,
+    sign_ups: AtomicU64,
 }
+
+/// Every failure class, in the order `last_failure` numbers them.
+const CLASSES: [FailureClass; 5] = [
+    FailureClass::Transient,
+    FailureClass::Rejected,
+    FailureClass::InvalidResponse,
+    FailureClass::Interrupted,
+    FailureClass::Throttled,
+];
 
 /// The slot of `class` in [`Counters::failures`].
 fn failure_slot(class: FailureClass) -> Option<usize> {
@@ -100,7 +135,7 @@ fn failure_slot(class: FailureClass) -> Option<usize> {
         FailureClass::Transient => Some(0),
         FailureClass::Rejected => Some(1),
         FailureClass::InvalidResponse => Some(2),
-        FailureClass::Interrupted => None,
+        FailureClass::Interrupted | FailureClass::Throttled => None,
     }
 }
 
@@ -135,6 +170,36 @@ impl Counters {
         if let Some(slot) = failure_slot(class) {
             self.failures[slot].fetch_add(1, Relaxed);
         }
+        let number = CLASSES
+            .iter()
+            .position(|c| *c == class)
+            .map_or(0, |i| i + 1);
+        self.last_failure
+            .store(u8::try_from(number).unwrap_or(0), Relaxed);
+    }
+
+    pub(crate) fn renewal_succeeded(&self) {
+        self.last_failure.store(0, Relaxed);
+    }
+
+    pub(crate) fn user_code_panic(&self) {
+        self.user_code_panics.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_user_code_panics_total", None);
+    }
+
+    pub(crate) fn unauthorized_not_renewed(&self) {
+        self.unauthorized_not_renewed.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_unauthorized_not_renewed_total", None);
+    }
+
+    pub(crate) fn logout(&self) {
+        self.logouts.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_logouts_total", None);
+    }
+
+    pub(crate) fn sign_up(&self) {
+        self.sign_ups.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_sign_ups_total", None);
     }
 
     pub(crate) fn store_error(&self) {
@@ -146,7 +211,12 @@ impl Counters {
         let renewals = |reason: RenewReason| self.renewals[reason as usize].load(Relaxed);
         let failures =
             |class| failure_slot(class).map_or(0, |slot| self.failures[slot].load(Relaxed));
+        let last_failure = usize::from(self.last_failure.load(Relaxed));
         Stats {
+            token_expires_in: None,
+            last_renewal_error: last_failure
+                .checked_sub(1)
+                .and_then(|i| CLASSES.get(i).copied()),
             logins: self.logins.load(Relaxed),
             refreshes: self.refreshes.load(Relaxed),
             renewals_first_use: renewals(RenewReason::FirstUse),
@@ -161,6 +231,10 @@ impl Counters {
             failures_rejected: failures(FailureClass::Rejected),
             failures_invalid_response: failures(FailureClass::InvalidResponse),
             store_errors: self.store_errors.load(Relaxed),
+            user_code_panics: self.user_code_panics.load(Relaxed),
+            unauthorized_not_renewed: self.unauthorized_not_renewed.load(Relaxed),
+            logouts: self.logouts.load(Relaxed),
+            sign_ups: self.sign_ups.load(Relaxed),
         }
     }
 }

@@ -161,15 +161,25 @@ mod file {
     use std::fs;
     use std::io::Write;
     use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, UNIX_EPOCH};
+
+    use parking_lot::Mutex;
 
     use serde::{Deserialize, Serialize};
 
     use super::{StoreError, StoredTokens, TokenStore};
     use crate::secret::Secret;
 
-    /// A [`TokenStore`] in a JSON file, written atomically (a temporary file in the same
-    /// folder, then a rename) and, on Unix, readable and writable by its owner only (`0600`).
+    /// A [`TokenStore`] in a JSON file, written atomically (a temporary file of its own in the
+    /// same folder, then a rename) and, on Unix, readable and writable by its owner only
+    /// (`0600`).
+    ///
+    /// Saves and clears land in the order they were called, even when one outlives the layer's
+    /// time limit for store calls and finishes late: a late save never replaces a newer set (a
+    /// rotated refresh token), and a late save never undoes a logout's clear. Clones share that
+    /// order; two stores built separately for one file do not.
     ///
     /// The file holds the tokens in clear: keep it where only the service's user can read it.
     /// An unreadable or corrupt file is reported and left alone; the layer then logs in and
@@ -188,12 +198,46 @@ mod file {
     #[cfg_attr(docsrs, doc(cfg(feature = "file-store")))]
     pub struct FileTokenStore {
         path: PathBuf,
+        order: Arc<WriteOrder>,
+    }
+
+    /// Numbers every save and clear when it is called; the file only ever moves forward.
+    #[derive(Debug, Default)]
+    struct WriteOrder {
+        called: AtomicU64,
+        /// The number of the latest save or clear that reached the file; held while writing.
+        landed: Mutex<u64>,
+    }
+
+    impl WriteOrder {
+        /// Runs `write`, numbered `number`, unless a later call has already landed.
+        fn land(
+            &self,
+            number: u64,
+            write: impl FnOnce() -> Result<(), StoreError>,
+        ) -> Result<(), StoreError> {
+            let mut landed = self.landed.lock();
+            if *landed > number {
+                return Ok(());
+            }
+            write()?;
+            *landed = number;
+            Ok(())
+        }
     }
 
     impl FileTokenStore {
         /// A store in the file at `path` (created on the first save; its folder must exist).
         pub fn new(path: impl Into<PathBuf>) -> Self {
-            Self { path: path.into() }
+            Self {
+                path: path.into(),
+                order: Arc::default(),
+            }
+        }
+
+        /// The number of a save or clear called now.
+        fn next_number(&self) -> u64 {
+            self.order.called.fetch_add(1, Ordering::Relaxed) + 1
         }
 
         /// The file's path.
@@ -268,22 +312,16 @@ mod file {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let temporary = folder.join(format!(".{name}.{}.tmp", std::process::id()));
-        let result = (|| {
-            let mut options = fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(&temporary)?;
-            file.write_all(&json)?;
-            file.sync_all()?;
-            fs::rename(&temporary, path)
-        })();
-        if result.is_err() {
-            // Only the temporary file of this write is removed, never the store itself.
-            let _ = fs::remove_file(&temporary);
-        }
-        Ok(result?)
+        // A temporary file of this write's own (created 0600 on Unix), removed if the write
+        // fails; only the rename touches the store itself.
+        let mut temporary = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(folder)?;
+        temporary.write_all(&json)?;
+        temporary.as_file().sync_all()?;
+        temporary.persist(path).map_err(|e| e.error)?;
+        Ok(())
     }
 
     fn remove(path: &Path) -> Result<(), StoreError> {
@@ -308,12 +346,14 @@ mod file {
             blocking(move || read(&path)).await
         }
         async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
-            let (path, tokens) = (self.path.clone(), tokens.clone());
-            blocking(move || write(&path, &tokens)).await
+            let number = self.next_number();
+            let (path, tokens, order) = (self.path.clone(), tokens.clone(), self.order.clone());
+            blocking(move || order.land(number, || write(&path, &tokens))).await
         }
         async fn clear(&self) -> Result<(), StoreError> {
-            let path = self.path.clone();
-            blocking(move || remove(&path)).await
+            let number = self.next_number();
+            let (path, order) = (self.path.clone(), self.order.clone());
+            blocking(move || order.land(number, || remove(&path))).await
         }
     }
 
@@ -364,6 +404,36 @@ mod file {
             let store = FileTokenStore::new(&path);
             assert!(matches!(store.load().await, Err(StoreError::Corrupt(_))));
             assert_eq!(fs::read(&path).unwrap(), b"{\"version\":1,\"access_tok");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn saves_land_in_the_order_they_were_called() {
+            let folder = tempfile::tempdir().unwrap();
+            let store = FileTokenStore::new(folder.path().join("session.json"));
+            let set = |n: u64| {
+                StoredTokens::new(
+                    Secret::new(format!("access-{n}")),
+                    Some(Secret::new(format!("refresh-{n}"))),
+                    n,
+                    UNIX_EPOCH + Duration::from_secs(n),
+                )
+            };
+            let sets: Vec<StoredTokens> = (1..=64).map(set).collect();
+            // Called in order (join_all polls them in order), run on the blocking pool in any
+            // order: the newest set must win, and no temporary file may be left.
+            let saves = sets.iter().map(|tokens| store.save(tokens));
+            for result in futures_util::future::join_all(saves).await {
+                result.unwrap();
+            }
+            assert_eq!(store.load().await.unwrap(), Some(set(64)));
+            assert_eq!(fs::read_dir(folder.path()).unwrap().count(), 1);
+
+            let newest = set(65);
+            let (save, clear) = (store.save(&newest), store.clear());
+            let (saved, cleared) = tokio::join!(save, clear);
+            saved.unwrap();
+            cleared.unwrap();
+            assert_eq!(store.load().await.unwrap(), None);
         }
 
         #[test]

@@ -64,6 +64,8 @@ pub(crate) fn lifetime_from_expires_in(value: Option<&Value>) -> Duration {
 /// When a token issued at `issued` should be renewed, and when it stops being valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Deadlines {
+    /// When the request that obtained the token was sent.
+    pub(crate) issued: Instant,
     /// From here on a renewal is started (in the background while the token is still valid).
     pub(crate) renew_at: Instant,
     /// From here on the token is not used any more: requests wait for a new one.
@@ -81,6 +83,7 @@ impl Deadlines {
             .checked_add(lifetime)
             .unwrap_or_else(|| far_future(issued));
         Self {
+            issued,
             renew_at: expires_at - margin,
             expires_at,
         }
@@ -99,7 +102,7 @@ impl Deadlines {
 
 /// An instant far enough ahead to never be reached, for a platform whose `Instant` cannot hold
 /// `issued + MAX_TOKEN_LIFETIME`.
-fn far_future(issued: Instant) -> Instant {
+pub(crate) fn far_future(issued: Instant) -> Instant {
     let mut step = MAX_TOKEN_LIFETIME;
     loop {
         step /= 2;

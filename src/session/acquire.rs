@@ -3,13 +3,15 @@
 //! once before the first login and written after every new set; the cached form of an answer.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
 use tracing::{info, warn};
 
-use crate::error::{AuthEndpoint, AuthError};
+use crate::error::{AuthEndpoint, AuthError, FailureClass};
 use crate::secret::Secret;
 use crate::stats::RenewReason;
 use crate::store::{NewTokensHook, StoreError, StoredTokens};
@@ -45,7 +47,9 @@ impl Session {
             let mut previous = self.current.load_full();
             if previous.is_none() && !self.store_consulted.swap(true, Ordering::Relaxed) {
                 match self.load_stored().await {
-                    Some(stored) if stored.deadlines.freshness(self.clock.now()) != Freshness::Expired => {
+                    Some(stored)
+                        if stored.deadlines.freshness(self.clock.now()) != Freshness::Expired =>
+                    {
                         info!(%reason, "resumed the stored IQM session");
                         return Ok((stored, Source::Store));
                     }
@@ -53,43 +57,75 @@ impl Session {
                     stored => previous = stored,
                 }
             }
-            let refused = self.refused_refresh.load(Ordering::Relaxed);
-            if let Some(previous) = previous.as_deref().filter(|p| p.generation != refused) {
-                if let Some(refresh_token) = &previous.refresh_token {
-                    let issued = self.clock.now();
-                    let refreshed = self
-                        .with_retries(AuthEndpoint::Refresh, || {
-                            self.counters.refresh();
-                            self.api.refresh(refresh_token)
-                        })
-                        .await
-                        .and_then(|set| self.cached_from_answer(set, issued, Some(previous)));
-                    match refreshed {
-                        Ok(token) => {
-                            info!(%reason, "refreshed the IQM token");
-                            return Ok((token, Source::Iqm));
-                        }
-                        Err(err) if err.is_transient() => return Err(err),
-                        Err(err) => {
-                            self.refused_refresh
-                                .store(previous.generation, Ordering::Relaxed);
-                            warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in again");
-                        }
-                    }
-                }
+            if let Some(token) = self.refresh(reason, previous.as_deref()).await? {
+                return Ok((token, Source::Iqm));
             }
-            let issued = self.clock.now();
-            let set = self
-                .with_retries(AuthEndpoint::Login, || {
+            let token = self
+                .with_retries(AuthEndpoint::Login, self.policy.auth_attempts, || async {
                     self.counters.login();
-                    self.api.login(&self.email, &self.password)
+                    let issued = self.clock.now();
+                    let set = self.api.login(&self.email, &self.password).await?;
+                    self.cached_from_answer(set, issued, None)
                 })
                 .await?;
             info!(%reason, "logged in to IQM");
-            self.cached_from_answer(set, issued, None).map(|token| (token, Source::Iqm))
+            Ok((token, Source::Iqm))
         })
         .await
         .unwrap_or(Err(AuthError::BudgetExhausted(budget)))
+    }
+
+    /// The refresh-token grant for `previous`, if it has a refresh token IQM has not refused.
+    /// `Ok(None)`: log in instead.
+    ///
+    /// Invariant: a refresh token IQM refused is never presented again. A transient failure is
+    /// returned as it is while the token is still valid (IQM is in trouble, and a login would
+    /// only add load); once the token has expired, refresh gets one try and then a login does,
+    /// so that a broken refresh endpoint cannot keep the service down.
+    async fn refresh(
+        &self,
+        reason: RenewReason,
+        previous: Option<&CachedToken>,
+    ) -> Result<Option<Arc<CachedToken>>, AuthError> {
+        let refused = self.refused_refresh.load(Ordering::Relaxed);
+        let Some(previous) = previous.filter(|p| p.generation != refused) else {
+            return Ok(None);
+        };
+        let Some(refresh_token) = &previous.refresh_token else {
+            return Ok(None);
+        };
+        let expired = previous.deadlines.freshness(self.clock.now()) == Freshness::Expired;
+        let attempts = if expired {
+            1
+        } else {
+            self.policy.auth_attempts
+        };
+        let refreshed = self
+            .with_retries(AuthEndpoint::Refresh, attempts, || async {
+                self.counters.refresh();
+                let issued = self.clock.now();
+                let set = self.api.refresh(refresh_token).await?;
+                self.cached_from_answer(set, issued, Some(previous))
+            })
+            .await;
+        match refreshed {
+            Ok(token) => {
+                info!(%reason, "refreshed the IQM token");
+                Ok(Some(token))
+            }
+            Err(err) if err.class() == FailureClass::Throttled => Err(err),
+            Err(err) if err.is_transient() && !expired => Err(err),
+            Err(err) if err.is_transient() => {
+                warn!(class = %err.class(), error = %err, "the IQM token refresh failed after the token expired; logging in");
+                Ok(None)
+            }
+            Err(err) => {
+                self.refused_refresh
+                    .store(previous.generation, Ordering::Relaxed);
+                warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in again");
+                Ok(None)
+            }
+        }
     }
 
     /// Builds the cached form of a token set. `refreshed_from` is the token a refresh answer
@@ -113,6 +149,9 @@ impl Session {
         let refresh_token = set
             .refresh_token
             .or_else(|| refreshed_from.and_then(|t| t.refresh_token.clone()));
+        if set.expires_in.is_zero() && !self.warned_zero_lifetime.swap(true, Ordering::Relaxed) {
+            warn!(%endpoint, "IQM answered expires_in 0: every request will renew the token");
+        }
         self.new_cached_token(
             set.access_token,
             refresh_token,
@@ -204,17 +243,27 @@ impl Session {
             warn!(error = %err, "could not save the IQM session");
         }
         if let Some(NewTokensHook(hook)) = &self.on_new_tokens {
-            hook(&stored);
+            // User code: a panic in it must not abort the renewal, whose token is good.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| hook(&stored))).is_err() {
+                self.counters.user_code_panic();
+                warn!("the on_new_tokens hook panicked; the new IQM token is used all the same");
+            }
         }
     }
 
-    /// A store call, given [`STORE_TIMEOUT`] so that a hanging store cannot hold up renewals.
+    /// A store call, given [`STORE_TIMEOUT`] so that a hanging store cannot hold up renewals,
+    /// and isolated so that a panicking store is an error, not an aborted renewal.
     pub(super) async fn bounded_store_call<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(STORE_TIMEOUT, call)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Other("timed out".into())))
+        match tokio::time::timeout(STORE_TIMEOUT, AssertUnwindSafe(call).catch_unwind()).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_panic)) => {
+                self.counters.user_code_panic();
+                Err(StoreError::Other("the token store panicked".into()))
+            }
+            Err(_) => Err(StoreError::Other("timed out".into())),
+        }
     }
 }

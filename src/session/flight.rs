@@ -2,6 +2,7 @@
 //! that wants a renewal meanwhile waits for that one's outcome.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
@@ -91,8 +92,12 @@ impl Session {
                 return Ok(Joined::Newer(token));
             }
         }
-        if let Some(err) = slot.pacing.blocked_at(self.clock.now()) {
+        let now = self.clock.now();
+        if let Some(err) = slot.pacing.blocked_at(now) {
             return Err(err.clone());
+        }
+        if let Some(retry_after) = self.budget.lock().wait_at(now) {
+            return Err(AuthError::CallBudgetExhausted { retry_after });
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| AuthError::NoRuntime)?;
         let id = slot.next_id;
@@ -102,6 +107,8 @@ impl Session {
             id,
             outcome: outcome.clone(),
         });
+        // Read under the slot's lock, which logout takes to move the epoch on.
+        let logout_epoch = self.logout_epoch.load(Ordering::Relaxed);
         drop(slot);
         self.counters.renewal(reason);
         // The guard exists before the task first runs, so even a renewal dropped unpolled (its
@@ -109,9 +116,11 @@ impl Session {
         let guard = RenewalGuard {
             session: Arc::clone(self),
             id,
+            sender,
         };
         runtime.spawn(
-            run_renewal(guard, reason, sender).instrument(info_span!("iqm_auth.renew", %reason)),
+            run_renewal(guard, reason, logout_epoch)
+                .instrument(info_span!("iqm_auth.renew", %reason)),
         );
         Ok(Joined::Waiting(outcome))
     }
@@ -119,9 +128,14 @@ impl Session {
 
 /// Frees the renewal slot when a renewal ends, also when its task is aborted half-way, so that
 /// later callers start a new renewal instead of waiting on one that will never answer.
+///
+/// Invariant: the slot is freed before the outcome channel closes (`Drop` frees it, and the
+/// sender, a field, drops after `Drop::drop`), so a waiter that sees the channel close without
+/// an outcome always finds the slot free and starts a new renewal.
 struct RenewalGuard {
     session: Arc<Session>,
     id: u64,
+    sender: watch::Sender<Option<Outcome>>,
 }
 
 impl RenewalGuard {
@@ -141,44 +155,59 @@ impl Drop for RenewalGuard {
 
 /// One renewal, from the first auth call to the stored token and the outcome for its waiters.
 ///
-/// Invariant: the cache only ever holds a complete token, replaced whole; a failed renewal never
+/// Invariants: the cache only ever holds a complete token, replaced whole; a failed renewal never
 /// replaces it. A rotated refresh token is stored together with the access token it came with.
-async fn run_renewal(
-    guard: RenewalGuard,
-    reason: RenewReason,
-    sender: watch::Sender<Option<Outcome>>,
-) {
+/// A renewal that started before a logout (`logout_epoch` moved on) publishes nothing: its
+/// token is not cached, not saved and not handed to the hook.
+async fn run_renewal(guard: RenewalGuard, reason: RenewReason, logout_epoch: u64) {
     let session = &guard.session;
-    let result = match session.acquire(reason).await {
-        Ok((token, source)) => {
-            // Before the token is published, so that stored sets follow the order of renewals.
-            if source == Source::Iqm {
-                session.persist(&token).await;
+    let acquired = session.acquire(reason).await;
+    let result = {
+        // Held from the epoch check to the cache update, so that a logout cannot slip between.
+        let _publishing = session.publishing.lock().await;
+        let logged_out = session.logout_epoch.load(Ordering::Relaxed) != logout_epoch;
+        match acquired {
+            Ok(_) if logged_out => Err(AuthError::LoggedOut),
+            Ok((token, source)) => {
+                // Before the token is published, so that stored sets follow the order of renewals.
+                if source == Source::Iqm {
+                    session.persist(&token).await;
+                }
+                let mut slot = session.renewal.lock();
+                session.current.store(Some(Arc::clone(&token)));
+                if reason == RenewReason::Unauthorized {
+                    session
+                        .suspect_unauthorized
+                        .store(token.generation, Ordering::Relaxed);
+                }
+                slot.pacing
+                    .record(Ok(()), session.clock.now(), &session.policy);
+                guard.free(&mut slot);
+                Ok(token)
             }
-            Ok(token)
+            Err(err) => Err(err),
         }
-        Err(err) => Err(err),
     };
-    {
-        let mut slot = session.renewal.lock();
-        if let Ok(token) = &result {
-            session.current.store(Some(Arc::clone(token)));
-        }
-        let now = session.clock.now();
-        slot.pacing
-            .record(result.as_ref().map(drop), now, &session.policy);
-        guard.free(&mut slot);
-    }
     match &result {
         Ok(token) => {
             debug!(generation = token.generation, "stored a new IQM token");
+            session.counters.renewal_succeeded();
             session.ensure_renewer();
             session.renewer_wake.notify_one();
         }
         Err(err) => {
-            session.counters.failed_renewal(err);
-            warn!(class = %err.class(), error = %err, "IQM token renewal failed");
+            let mut slot = session.renewal.lock();
+            slot.pacing
+                .record(Err(err), session.clock.now(), &session.policy);
+            guard.free(&mut slot);
+            drop(slot);
+            if matches!(err, AuthError::LoggedOut) {
+                debug!("dropped the token of a renewal that a logout overtook");
+            } else {
+                session.counters.failed_renewal(err);
+                warn!(class = %err.class(), error = %err, "IQM token renewal failed");
+            }
         }
     }
-    sender.send_replace(Some(result));
+    guard.sender.send_replace(Some(result));
 }

@@ -12,9 +12,12 @@
 //! - [`retry`]: retries of one auth call within a renewal, with backoff and jitter.
 //! - [`pacing`]: pauses between renewals after failures, so an outage or a wrong password costs
 //!   a bounded number of auth calls.
+//! - [`budget`]: the budget for failed auth calls, so that no fault can spend more than a set
+//!   share of IQM's rate limit.
 //! - [`renewer`]: the background renewer, which renews a token in use before it expires.
 
 mod acquire;
+mod budget;
 mod flight;
 mod pacing;
 mod renewer;
@@ -28,7 +31,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tracing::warn;
+use tracing::{Instrument, info_span, warn};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -39,6 +42,7 @@ use crate::stats::{Counters, RenewReason, Stats};
 use crate::store::{NewTokensHook, TokenStore};
 use crate::token::{CachedToken, Freshness, TokenSet};
 
+use budget::CallBudget;
 use flight::RenewalSlot;
 
 /// How renewals are paced and retried (from the builder).
@@ -47,6 +51,9 @@ struct Policy {
     refresh_margin: Duration,
     acquire_timeout: Duration,
     rejection_cool_down: Duration,
+    max_rejection_cool_down: Duration,
+    rate_limit_pause: Duration,
+    fresh_token_401_window: Duration,
     auth_attempts: u32,
     backoff_jitter: bool,
     background_renewal: bool,
@@ -61,6 +68,17 @@ pub(crate) struct Session {
     policy: Policy,
     current: ArcSwapOption<CachedToken>,
     renewal: Mutex<RenewalSlot>,
+    budget: Mutex<CallBudget>,
+    /// Moved on by every logout; a renewal that started under an older value publishes nothing.
+    logout_epoch: AtomicU64,
+    /// Held while a renewal publishes its token (store, hook, cache) and while a logout clears
+    /// them, so that neither sees the other half-done.
+    publishing: tokio::sync::Mutex<()>,
+    /// The generation of a token obtained by a 401-driven renewal that has not yet served a
+    /// request (0: none). A 401 on it soon after is the endpoint's refusal, not the token's fault.
+    suspect_unauthorized: AtomicU64,
+    /// Whether the warning about `expires_in` 0 was logged (it is logged once, not per request).
+    warned_zero_lifetime: AtomicBool,
     next_generation: AtomicU64,
     /// The generation whose refresh token IQM refused; it is not tried again (0: none).
     refused_refresh: AtomicU64,
@@ -92,6 +110,9 @@ impl Session {
                 refresh_margin: config.refresh_margin,
                 acquire_timeout: config.acquire_timeout,
                 rejection_cool_down: config.rejection_cool_down,
+                max_rejection_cool_down: config.max_rejection_cool_down,
+                rate_limit_pause: config.rate_limit_pause,
+                fresh_token_401_window: config.fresh_token_401_window,
                 auth_attempts: config.auth_attempts,
                 backoff_jitter: config.backoff_jitter,
                 background_renewal: config.background_renewal,
@@ -99,6 +120,14 @@ impl Session {
             },
             current: ArcSwapOption::empty(),
             renewal: Mutex::new(RenewalSlot::default()),
+            budget: Mutex::new(CallBudget::new(
+                config.auth_call_budget.0,
+                config.auth_call_budget.1,
+            )),
+            logout_epoch: AtomicU64::new(0),
+            publishing: tokio::sync::Mutex::new(()),
+            suspect_unauthorized: AtomicU64::new(0),
+            warned_zero_lifetime: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
             refused_refresh: AtomicU64::new(0),
             renewer: Mutex::new(None),
@@ -160,21 +189,67 @@ impl Session {
         self.current.load_full()
     }
 
+    /// Whether a 401 to a request sent with token `generation` is the endpoint's refusal
+    /// rather than the token's fault: the token came from a 401-driven renewal moments ago and
+    /// has served no request yet. Such a 401 is handed back without a renewal.
+    pub(crate) fn unauthorized_is_not_the_tokens_fault(&self, generation: u64) -> bool {
+        if self.suspect_unauthorized.load(Ordering::Relaxed) != generation {
+            return false;
+        }
+        let current = self.current.load();
+        current.as_deref().is_some_and(|token| {
+            token.generation == generation
+                && self
+                    .clock
+                    .now()
+                    .saturating_duration_since(token.deadlines.issued)
+                    < self.policy.fresh_token_401_window
+        })
+    }
+
+    /// Notes that token `generation` served a request (IQM answered other than 401). Cheap
+    /// enough for every request: one relaxed load, and a store only the first time.
+    pub(crate) fn served(&self, generation: u64) {
+        if self.suspect_unauthorized.load(Ordering::Relaxed) == generation {
+            self.suspect_unauthorized.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Forgets the cached token and invalidates it at IQM.
+    ///
+    /// Invariant: a renewal that started before the logout publishes nothing afterwards (see
+    /// the logout epoch in [`flight`]); the next request logs in.
     pub(crate) async fn logout(&self) -> Result<(), AuthError> {
-        let token = {
-            let _slot = self.renewal.lock();
-            self.current.swap(None)
-        };
-        self.store_consulted.store(true, Ordering::Relaxed);
-        if let Err(err) = self.bounded_store_call(self.store.clear()).await {
-            self.counters.store_error();
-            warn!(error = %err, "could not clear the stored IQM session");
+        let span = info_span!("iqm_auth.logout");
+        async {
+            let token = {
+                let _publishing = self.publishing.lock().await;
+                let token = {
+                    let _slot = self.renewal.lock();
+                    self.logout_epoch.fetch_add(1, Ordering::Relaxed);
+                    self.current.swap(None)
+                };
+                self.store_consulted.store(true, Ordering::Relaxed);
+                if let Err(err) = self.bounded_store_call(self.store.clear()).await {
+                    self.counters.store_error();
+                    warn!(error = %err, "could not clear the stored IQM session");
+                }
+                token
+            };
+            match token {
+                Some(token) => {
+                    self.counters.logout();
+                    let result = self.api.logout(&token.access_token).await;
+                    if let Err(err) = &result {
+                        warn!(class = %err.class(), error = %err, "the IQM logout call failed");
+                    }
+                    result
+                }
+                None => Ok(()),
+            }
         }
-        match token {
-            Some(token) => self.api.logout(&token.access_token).await,
-            None => Ok(()),
-        }
+        .instrument(span)
+        .await
     }
 
     pub(crate) async fn sign_up(
@@ -182,11 +257,27 @@ impl Session {
         email: &str,
         password: &Secret,
     ) -> Result<TokenSet, AuthError> {
-        self.api.sign_up(email, password).await
+        self.counters.sign_up();
+        let result = self
+            .api
+            .sign_up(email, password)
+            .instrument(info_span!("iqm_auth.sign_up"))
+            .await;
+        if let Err(err) = &result {
+            warn!(class = %err.class(), error = %err, "the IQM sign-up call failed");
+        }
+        result
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        let mut stats = self.counters.snapshot();
+        stats.token_expires_in = self.current.load().as_deref().map(|token| {
+            token
+                .deadlines
+                .expires_at
+                .saturating_duration_since(self.clock.now())
+        });
+        stats
     }
 }
 
@@ -221,6 +312,9 @@ mod tests {
             refresh_margin: Duration::from_secs(60),
             acquire_timeout: Duration::from_secs(15),
             rejection_cool_down: Duration::from_secs(30),
+            max_rejection_cool_down: Duration::from_secs(15 * 60),
+            rate_limit_pause: Duration::from_secs(10),
+            fresh_token_401_window: Duration::from_secs(10),
             auth_attempts: 3,
             backoff_jitter: true,
             background_renewal: true,

@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
 use tracing::info;
 
 use crate::error::{AuthEndpoint, AuthError, FailureClass};
+use crate::token::far_future;
 
 use super::Policy;
 
@@ -18,12 +20,14 @@ pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Invariant: while `blocked` holds an instant still ahead, no renewal starts and callers get
 /// its error. The first transient failure in a row pauses nothing (an outage that has passed is
-/// retried at once); the next ones pause 2 s, 4 s, … up to [`MAX_OUTAGE_PAUSE`]. A
-/// `Retry-After` lengthens the pause to IQM's time; rejected credentials pause for the
-/// cool-down.
+/// retried at once); the next ones pause 2 s, 4 s, … up to [`MAX_OUTAGE_PAUSE`]. A 429 pauses
+/// at least the rate-limit pause, and a `Retry-After` lengthens any pause to IQM's time.
+/// Rejected credentials pause for the cool-down, doubled for each rejection in a row up to its
+/// maximum. A success resets everything. Pauses saturate: no setting can overflow `now + pause`.
 #[derive(Default)]
 pub(super) struct Pacing {
     failures_in_a_row: u32,
+    rejections_in_a_row: u32,
     blocked: Option<(Instant, AuthError)>,
 }
 
@@ -35,31 +39,57 @@ impl Pacing {
                 .saturating_mul(1 << (n - 2).min(16))
                 .min(MAX_OUTAGE_PAUSE),
         };
+        let rate_limited = err.status() == Some(StatusCode::TOO_MANY_REQUESTS);
         // A 4xx refusal of the login: the credentials are wrong, and will stay wrong for a while.
         let rejected_credentials = err.class() == FailureClass::Rejected
             && err.endpoint() == Some(AuthEndpoint::Login)
             && err.status().is_some_and(|status| status.is_client_error());
         let pause = if rejected_credentials {
-            policy.rejection_cool_down
+            let doublings = self.rejections_in_a_row.saturating_sub(1).min(32);
+            policy
+                .rejection_cool_down
+                .saturating_mul(1 << doublings)
+                .min(
+                    policy
+                        .max_rejection_cool_down
+                        .max(policy.rejection_cool_down),
+                )
+        } else if rate_limited {
+            outage.max(policy.rate_limit_pause)
         } else {
             outage
         };
         pause.max(err.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER))
     }
 
-    /// Records how a renewal ended at `now`.
+    /// Records how a renewal ended at `now`. Renewals that made no auth call of their own
+    /// (interrupted, or refused by the budget for failed calls) change nothing.
     pub(super) fn record(&mut self, result: Result<(), &AuthError>, now: Instant, policy: &Policy) {
-        match result {
-            Ok(()) => *self = Self::default(),
-            Err(err) => {
-                self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-                let pause = self.pause_after(err, policy);
-                self.blocked = (!pause.is_zero()).then(|| (now + pause, err.clone()));
-                if !pause.is_zero() {
-                    info!(class = %err.class(), pause = ?pause, "pausing IQM token renewals");
-                }
+        let err = match result {
+            Ok(()) => {
+                *self = Self::default();
+                return;
             }
+            Err(err) => err,
+        };
+        if matches!(
+            err.class(),
+            FailureClass::Interrupted | FailureClass::Throttled
+        ) {
+            return;
         }
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        if err.class() == FailureClass::Rejected && err.endpoint() == Some(AuthEndpoint::Login) {
+            self.rejections_in_a_row = self.rejections_in_a_row.saturating_add(1);
+        }
+        let pause = self.pause_after(err, policy);
+        if pause.is_zero() {
+            self.blocked = None;
+            return;
+        }
+        info!(class = %err.class(), pause = ?pause, "pausing IQM token renewals");
+        let until = now.checked_add(pause).unwrap_or_else(|| far_future(now));
+        self.blocked = Some((until, err.clone()));
     }
 
     /// The error callers get at `now` instead of a renewal, while renewals are paused.
@@ -113,6 +143,76 @@ mod tests {
         pacing.record(Err(&failure(AuthEndpoint::Login, 403, None)), t0, &policy());
         assert!(pacing.blocked_at(t0 + Duration::from_secs(29)).is_some());
         assert!(pacing.blocked_at(t0 + Duration::from_secs(30)).is_none());
+    }
+
+    #[test]
+    fn the_cool_down_doubles_for_rejections_in_a_row_up_to_its_maximum() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        let rejected = failure(AuthEndpoint::Login, 403, None);
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            pacing.record(Err(&rejected), t0, &policy());
+            pauses.push(
+                pacing
+                    .blocked
+                    .as_ref()
+                    .map_or(0, |(until, _)| (*until - t0).as_secs()),
+            );
+        }
+        assert_eq!(pauses, [30, 60, 120, 240, 480, 900, 900, 900]);
+        pacing.record(Ok(()), t0, &policy());
+        pacing.record(Err(&rejected), t0, &policy());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(30)).is_none());
+    }
+
+    #[test]
+    fn a_huge_cool_down_saturates_instead_of_overflowing() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        let policy = Policy {
+            rejection_cool_down: Duration::MAX,
+            max_rejection_cool_down: Duration::MAX,
+            ..policy()
+        };
+        for _ in 0..3 {
+            pacing.record(Err(&failure(AuthEndpoint::Login, 401, None)), t0, &policy);
+        }
+        assert!(
+            pacing
+                .blocked_at(t0 + Duration::from_secs(100 * 86_400))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_429_without_retry_after_pauses_for_the_rate_limit_pause() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.record(
+            Err(&failure(AuthEndpoint::Refresh, 429, None)),
+            t0,
+            &policy(),
+        );
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(9)).is_some());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(10)).is_none());
+    }
+
+    #[test]
+    fn renewals_that_sent_no_call_change_no_pause() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        for err in [
+            AuthError::Interrupted,
+            AuthError::LoggedOut,
+            AuthError::CallBudgetExhausted {
+                retry_after: Duration::from_secs(6),
+            },
+        ] {
+            pacing.record(Err(&err), t0, &policy());
+        }
+        assert_eq!(pacing.failures_in_a_row, 0);
+        assert!(pacing.blocked_at(t0).is_none());
     }
 
     #[test]

@@ -40,9 +40,28 @@ impl Session {
     }
 }
 
+/// Dropped with the renewer's task, also when its runtime shuts down with the `IqmAuth` living on
+/// in another runtime.
+///
+/// Invariant: a token is marked known fresh only while a renewer is there to clear the mark when
+/// it falls due; without one, the hot path reads the clock again, so an expired token is never
+/// sent on the word of a timer that no longer runs.
+struct DistrustFreshMarks(Weak<Session>);
+
+impl Drop for DistrustFreshMarks {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.upgrade() {
+            if let Some(token) = session.current.load().as_deref() {
+                token.forget_known_fresh();
+            }
+        }
+    }
+}
+
 /// The renewer's loop: sleeps until the cached token is due, renews it if it was used, and
 /// waits to be woken when a new token is stored or a request finds one due.
 async fn renew_ahead_of_expiry(session: Weak<Session>, wake: Arc<Notify>) {
+    let _on_exit = DistrustFreshMarks(session.clone());
     loop {
         let pause = {
             let Some(session) = session.upgrade() else {

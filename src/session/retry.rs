@@ -2,12 +2,14 @@
 //! exponential backoff with jitter, or after IQM's `Retry-After` when it is short.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::StatusCode;
 use tracing::warn;
 
 use crate::error::{AuthEndpoint, AuthError};
-use crate::token::TokenSet;
+use crate::token::CachedToken;
 
 use super::Session;
 
@@ -19,31 +21,40 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
 
 impl Session {
-    /// Tries `call` up to the configured number of times while it fails transiently.
+    /// Tries `call` up to `attempts` times while it fails transiently, each try taken from the
+    /// budget for failed auth calls when it fails.
     ///
-    /// Invariant: at most `auth_attempts` calls per renewal, and none after a non-transient
-    /// failure or a `Retry-After` longer than [`MAX_RETRY_AFTER_WAIT`].
+    /// Invariant: at most `attempts` calls per renewal, none while the budget is spent, and none
+    /// after a non-transient failure, a 429 without `Retry-After` (the pacing pauses for it), or
+    /// a `Retry-After` longer than [`MAX_RETRY_AFTER_WAIT`].
     pub(super) async fn with_retries<F, Fut>(
         &self,
         endpoint: AuthEndpoint,
+        attempts: u32,
         mut call: F,
-    ) -> Result<TokenSet, AuthError>
+    ) -> Result<Arc<CachedToken>, AuthError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<TokenSet, AuthError>>,
+        Fut: Future<Output = Result<Arc<CachedToken>, AuthError>>,
     {
-        let mut attempt = 1;
-        loop {
+        let mut last_error = None;
+        for attempt in 1..=attempts.max(1) {
+            if let Some(retry_after) = self.budget.lock().wait_at(self.clock.now()) {
+                warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
+                return Err(last_error.unwrap_or(AuthError::CallBudgetExhausted { retry_after }));
+            }
             let err = match call().await {
-                Ok(set) => return Ok(set),
+                Ok(token) => return Ok(token),
                 Err(err) => err,
             };
-            if !err.is_transient() || attempt >= self.policy.auth_attempts {
+            self.budget.lock().charge(self.clock.now());
+            if !err.is_transient() || attempt == attempts {
                 return Err(err);
             }
             let wait = match err.retry_after() {
                 Some(wait) if wait > MAX_RETRY_AFTER_WAIT => return Err(err),
                 Some(wait) => wait,
+                None if err.status() == Some(StatusCode::TOO_MANY_REQUESTS) => return Err(err),
                 None => {
                     let unit = if self.policy.backoff_jitter {
                         random_unit()
@@ -55,8 +66,9 @@ impl Session {
             };
             warn!(%endpoint, attempt, class = %err.class(), error = %err, backoff = ?wait, "IQM auth call failed; retrying");
             tokio::time::sleep(wait).await;
-            attempt += 1;
+            last_error = Some(err);
         }
+        Err(last_error.unwrap_or(AuthError::Interrupted))
     }
 }
 

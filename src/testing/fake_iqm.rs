@@ -66,6 +66,16 @@ pub enum Answer {
     MissingOwId,
     /// Status 200 and this body, as is.
     Raw(String),
+    /// An HTML page of `size` bytes with this status, and `Retry-After: <seconds>` if given: a
+    /// proxy's error page, say.
+    Page {
+        /// The HTTP status.
+        status: u16,
+        /// The size of the body in bytes.
+        size: usize,
+        /// The `Retry-After` seconds, if any.
+        retry_after: Option<u64>,
+    },
     /// Status 200, half a token answer, then the connection is cut.
     ResetMidBody,
 }
@@ -545,6 +555,27 @@ impl Shared {
                 data.as_object_mut().map(|d| d.remove("owId"));
             }
             Answer::Raw(body) => return raw(body.clone()),
+            Answer::Page {
+                status,
+                size,
+                retry_after,
+            } => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                let filler = "<p>Service unavailable</p>".repeat(size / 26 + 1);
+                let page = format!("<html><body>{filler}</body></html>");
+                let mut response = (
+                    status,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    page[..(*size).min(page.len())].to_owned(),
+                )
+                    .into_response();
+                if let Some(seconds) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+                }
+                return response;
+            }
             Answer::ResetMidBody => {
                 let chunks: [Result<&'static str, io::Error>; 2] = [
                     Ok(r#"{"success":true,"data":{"access_token":"#),

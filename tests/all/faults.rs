@@ -143,8 +143,10 @@ async fn a_failing_early_refresh_keeps_the_valid_token_in_use_and_is_retried_lat
     assert_eq!(h.get("/x").await.unwrap(), 200);
     assert_eq!(h.auth.access_token().await.unwrap(), token);
 
-    // IQM recovers; the background renewer tries again on its own.
+    // IQM recovers; the background renewer tries again on its own, once the budget for failed
+    // auth calls (3 in a row, then one every 6 s) allows a call again.
     h.iqm.set_refresh_answer(Answer::Normal);
+    clock.advance(Duration::from_secs(6));
     eventually("the retried renewal", || {
         h.auth.stats().renewals_proactive == 2
     })
@@ -296,14 +298,22 @@ async fn auth_calls_during_a_minute_long_outage_stay_within_the_documented_bound
     h.iqm.set_login_answer(Answer::Status(503));
 
     // A request every 250 ms for 60 s.
-    for _ in 0..240 {
+    let mut logins_at_30_s = 0;
+    for quarter in 0..240 {
         assert!(h.get("/x").await.is_err());
+        if quarter == 119 {
+            logins_at_30_s = h.iqm.logins();
+        }
         clock.advance(Duration::from_millis(250));
     }
 
-    // Renewals at 0 s and 0.25 s, then after pauses of 2, 4, 8 and 16 s: 6 renewals of 3 tries.
+    // The budget for failed auth calls (10 a minute, 3 in a row) lets the first renewal try
+    // 3 times, then one call every 6 s; the pacing pauses 2, 4, 8 and 16 s on top. Renewals at
+    // 0, 6, 12, 18 and 26 s make 3 + 4 calls in the first 30 s; the one at 42 s, after a 16 s
+    // pause that refilled the budget, tries 3 times: 10 calls in the minute, the budget's limit.
+    assert_eq!(logins_at_30_s, 7);
     assert_eq!(h.auth.stats().renewals_first_use, 6);
-    assert_eq!(h.iqm.logins(), 18);
+    assert_eq!(h.iqm.logins(), 10);
     assert_eq!(h.iqm.api_calls(), 0);
 }
 
