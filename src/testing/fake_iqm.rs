@@ -141,6 +141,8 @@ struct Counters {
     unauthorized: AtomicU64,
     rate_limited: AtomicU64,
     refresh_reuses: AtomicU64,
+    /// Login and refresh calls answered with a usable token set.
+    good_auth_answers: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +324,11 @@ impl FakeIqm {
     /// Login and refresh calls received.
     pub fn auth_calls(&self) -> u64 {
         self.logins() + self.refreshes()
+    }
+    /// Login and refresh calls that got no usable token set: refused, failed, rate-limited or
+    /// answered with a broken body.
+    pub fn failed_auth_calls(&self) -> u64 {
+        self.auth_calls() - self.shared.counters.good_auth_answers.load(SeqCst)
     }
     /// Calls answered 429 by the rate limit of [`set_rate_limit`](Self::set_rate_limit).
     pub fn rate_limited(&self) -> u64 {
@@ -518,7 +525,11 @@ impl Shared {
         }
         let raw = |body: String| (StatusCode::OK, body).into_response();
         match answer {
-            Answer::Normal => {}
+            Answer::Normal => {
+                if shape != Shape::SignUp {
+                    self.counters.good_auth_answers.fetch_add(1, SeqCst);
+                }
+            }
             Answer::Status(code) => {
                 let status =
                     StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

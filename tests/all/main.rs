@@ -5,6 +5,7 @@ mod composition;
 mod concurrency;
 mod fake;
 mod faults;
+mod hardening;
 mod login;
 mod renewal;
 mod secrets;

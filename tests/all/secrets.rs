@@ -1,48 +1,21 @@
 //! Nothing secret in Debug, Display, errors or tracing output.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use iqm_auth::testing::{Answer, CLIENT_SECRET, PASSWORD};
-use tracing_subscriber::fmt::MakeWriter;
 
-use crate::support::Harness;
+use crate::support::{Captured, Harness};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+const SIGN_UP_PASSWORD: &str = "Sign-Up-Secret-42!";
 
 #[tokio::test]
 async fn no_secret_appears_in_debug_errors_or_trace_output() {
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = captured.install();
 
     let h = Harness::start().await;
     let mut shown = Vec::new();
     let mut tokens = Vec::new();
 
-    // Login, 401 and renewal, a failed refresh, a rejected login, logout.
+    // Login, 401 and renewal, a failed refresh, a rejected login, sign-ups, logout.
     assert_eq!(h.get("/x").await.unwrap(), 200);
     tokens.push(h.auth.access_token().await.unwrap());
     h.iqm.revoke_all_access_tokens();
@@ -57,17 +30,35 @@ async fn no_secret_appears_in_debug_errors_or_trace_output() {
     }
     shown.push(format!("{:?}", h.auth));
     shown.push(format!("{:?}", h.iqm.auth_builder()));
+    h.iqm.invite("new@acme.example");
+    let signed_up = h
+        .auth
+        .sign_up("new@acme.example", SIGN_UP_PASSWORD)
+        .await
+        .unwrap();
+    tokens.push(signed_up.access_token.expose().to_owned());
+    shown.push(format!("{signed_up:?}"));
+    let refused = h
+        .auth
+        .sign_up("stranger@acme.example", SIGN_UP_PASSWORD)
+        .await
+        .unwrap_err();
+    shown.push(format!("{refused} {refused:?}"));
     h.auth.logout().await.unwrap();
     shown.push(format!("{:?}", h.auth));
 
-    let trace = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let trace = captured.text();
     assert!(
         trace.contains("logged in"),
         "the trace captured nothing: {trace}"
     );
     shown.push(trace);
     let all = shown.join("\n");
-    for secret in [PASSWORD, CLIENT_SECRET] {
+    assert!(
+        all.contains("iqm_auth.sign_up") && all.contains("iqm_auth.logout"),
+        "sign-up and logout have spans:\n{all}"
+    );
+    for secret in [PASSWORD, CLIENT_SECRET, SIGN_UP_PASSWORD] {
         assert!(!all.contains(secret), "{secret} leaked:\n{all}");
     }
     for token in &tokens {

@@ -1,5 +1,8 @@
 use iqm_auth::reqwest_middleware::{self, ClientBuilder, ClientWithMiddleware};
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tracing_subscriber::fmt::MakeWriter;
 
 use iqm_auth::testing::{FakeIqm, ManualClock};
 use iqm_auth::{AuthError, IqmAuth, IqmAuthBuilder};
@@ -84,5 +87,42 @@ impl Harness {
     /// Like [`get`](Self::get), panicking on an error: for many concurrent requests.
     pub async fn get_owned(&self, path: String) -> u16 {
         self.get(&path).await.expect("request succeeds")
+    }
+}
+
+/// Everything the layer logs while [`install`](Self::install)ed, at TRACE level, as text.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Captures this thread's events until the guard is dropped.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
     }
 }
