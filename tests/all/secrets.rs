@@ -68,3 +68,20 @@ async fn no_secret_appears_in_debug_errors_or_trace_output() {
     assert!(!all.contains("refresh-0"), "a refresh token leaked:\n{all}");
     assert!(!all.contains("access-0"), "an access token leaked:\n{all}");
 }
+
+#[tokio::test]
+async fn a_password_in_the_base_url_is_refused_and_never_echoed() {
+    let h = Harness::start().await;
+    let with_password = h.iqm.base_url().replace("http://", "http://ops:hunter2@");
+    let builder = h.iqm.auth_builder().base_url(&with_password);
+    let debug = format!("{builder:?}");
+    let err = builder.build().unwrap_err();
+
+    assert!(
+        matches!(err, iqm_auth::ConfigError::InvalidBaseUrl { .. }),
+        "{err:?}"
+    );
+    for shown in [debug, err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
