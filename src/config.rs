@@ -9,6 +9,7 @@ use reqwest::Url;
 use crate::IqmAuth;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
+use crate::fleet::SessionCoordinator;
 use crate::secret::Secret;
 use crate::store::{MemoryTokenStore, NewTokensHook, StoredTokens, TokenStore};
 
@@ -84,6 +85,7 @@ pub struct IqmAuthBuilder {
     http_client: Option<reqwest::Client>,
     token_store: Option<Arc<dyn TokenStore>>,
     on_new_tokens: Option<NewTokensHook>,
+    shared: Option<Arc<dyn SessionCoordinator>>,
 }
 
 impl Default for IqmAuthBuilder {
@@ -111,6 +113,7 @@ impl Default for IqmAuthBuilder {
             http_client: None,
             token_store: None,
             on_new_tokens: None,
+            shared: None,
         }
     }
 }
@@ -276,6 +279,16 @@ impl IqmAuthBuilder {
         self
     }
 
+    /// Shares one IQM session with every other replica given the same coordinator: a
+    /// [`RedisSession`](crate::RedisSession) across processes (feature `redis`), or a
+    /// [`MemoryCoordinator`](crate::MemoryCoordinator) within one. Replicas then log in once
+    /// between them, renew once per token lifetime, and recover from a revocation with one
+    /// renewal. Defaults to none: each `IqmAuth` keeps its own session.
+    pub fn shared_session(mut self, coordinator: impl SessionCoordinator) -> Self {
+        self.shared = Some(Arc::new(coordinator));
+        self
+    }
+
     /// Checks the settings and builds the middleware. Sends nothing.
     ///
     /// # Errors
@@ -296,6 +309,13 @@ impl IqmAuthBuilder {
                 .build()
                 .map_err(|e| ConfigError::HttpClient(e.to_string()))?,
         };
+        let shared = self.shared.map(|coordinator| {
+            let scope = coordinator.namespace().map_or_else(
+                || default_scope(&base, workspace_host.as_bytes(), &self.email),
+                str::to_owned,
+            );
+            (coordinator, scope)
+        });
         IqmAuth::new(Config {
             base,
             client_id: self.client_id,
@@ -323,6 +343,7 @@ impl IqmAuthBuilder {
                 .token_store
                 .unwrap_or_else(|| Arc::new(MemoryTokenStore::default())),
             on_new_tokens: self.on_new_tokens,
+            shared,
             http,
         })
     }
@@ -355,6 +376,26 @@ impl IqmAuthBuilder {
     }
 }
 
+/// The scope a shared session lives under when the user names none: a hash of the account's
+/// identity, so that two accounts on one Redis never share a session and key names hold no
+/// address or user name.
+fn default_scope(base: &Url, workspace_host: &[u8], email: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [
+        base.as_str().as_bytes(),
+        workspace_host,
+        email.trim().as_bytes(),
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn require(what: &'static str, blank: bool) -> Result<(), ConfigError> {
     if blank {
         Err(ConfigError::Missing(what))
@@ -377,7 +418,7 @@ impl std::fmt::Debug for RawBaseUrl {
 /// `raw` with everything between `scheme://` and the last `@` of the authority replaced, so
 /// that a URL such as `https://user:hunter2@host` can be shown. Works on text that does not
 /// parse as a URL too.
-fn without_user_info(raw: &str) -> String {
+pub(crate) fn without_user_info(raw: &str) -> String {
     let (scheme, rest) = match raw.find("://") {
         Some(i) => raw.split_at(i + 3),
         None => ("", raw),
@@ -439,6 +480,8 @@ pub(crate) struct Config {
     pub(crate) timer_marks_due: bool,
     pub(crate) token_store: Arc<dyn TokenStore>,
     pub(crate) on_new_tokens: Option<NewTokensHook>,
+    /// The shared session's coordinator and the scope this account's session lives under.
+    pub(crate) shared: Option<(Arc<dyn SessionCoordinator>, String)>,
     pub(crate) http: reqwest::Client,
 }
 

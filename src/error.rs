@@ -318,6 +318,19 @@ pub enum ConfigError {
     /// set. Lists every missing one.
     #[error("missing environment variables: {}", .0.join(", "))]
     MissingEnv(Vec<&'static str>),
+    /// The Redis URL of a shared session does not parse. The URL is shown without its user
+    /// info, so a password in it never appears.
+    #[error("invalid Redis URL {url:?}: {problem}")]
+    InvalidRedisUrl {
+        /// The URL as given, without user info.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A shared session's namespace holds characters other than letters, digits, `.`, `_` and
+    /// `-`, or is empty or longer than 128 characters.
+    #[error("invalid shared session namespace {0:?}")]
+    InvalidNamespace(String),
     /// The HTTP client for the auth calls could not be built (TLS backend initialisation).
     #[error("could not build the HTTP client for IQM auth calls: {0}")]
     HttpClient(String),

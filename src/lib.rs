@@ -50,6 +50,7 @@ mod auth;
 mod clock;
 mod config;
 mod error;
+mod fleet;
 mod iqm_api;
 mod middleware;
 mod secret;
@@ -65,6 +66,10 @@ pub use auth::IqmAuth;
 pub use clock::{Clock, SystemClock};
 pub use config::IqmAuthBuilder;
 pub use error::{AuthEndpoint, AuthError, ConfigError, FailureClass, IqmMessage};
+pub use fleet::{CoordinatorError, Lease, MemoryCoordinator, SessionCoordinator, SharedTokens};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use fleet::{RedisSession, RedisSessionBuilder};
 pub use middleware::OW_ID_HEADER;
 pub use reqwest_middleware;
 pub use secret::Secret;

@@ -95,6 +95,14 @@ pub struct Stats {
     /// 401s handed back without a renewal, because the token came from a 401-driven renewal
     /// moments ago and had served no request yet (the endpoint refuses, not the token).
     pub unauthorized_not_renewed: u64,
+    /// Token sets taken from the fleet's shared session, renewed by another replica.
+    pub shared_adoptions: u64,
+    /// Calls to the fleet's shared session (Redis) that failed or timed out; the layer then
+    /// renews on its own.
+    pub shared_errors: u64,
+    /// Times the shared session held something this replica could not read (a foreign
+    /// format, or a set encrypted under another key).
+    pub shared_unreadable: u64,
     /// Logout calls sent.
     pub logouts: u64,
     /// Sign-up calls sent.
@@ -118,6 +126,9 @@ pub(crate) struct Counters {
     unauthorized_not_renewed: AtomicU64,
     logouts: AtomicU64,
     sign_ups: AtomicU64,
+    shared_adoptions: AtomicU64,
+    shared_errors: AtomicU64,
+    shared_unreadable: AtomicU64,
 }
 
 /// Every failure class, in the order `last_failure` numbers them.
@@ -192,6 +203,21 @@ impl Counters {
         publish::count("iqm_auth_unauthorized_not_renewed_total", None);
     }
 
+    pub(crate) fn shared_adoption(&self) {
+        self.shared_adoptions.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_shared_adoptions_total", None);
+    }
+
+    pub(crate) fn shared_error(&self) {
+        self.shared_errors.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_shared_errors_total", None);
+    }
+
+    pub(crate) fn shared_unreadable(&self) {
+        self.shared_unreadable.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_shared_unreadable_total", None);
+    }
+
     pub(crate) fn logout(&self) {
         self.logouts.fetch_add(1, Relaxed);
         publish::count("iqm_auth_logouts_total", None);
@@ -233,6 +259,9 @@ impl Counters {
             store_errors: self.store_errors.load(Relaxed),
             user_code_panics: self.user_code_panics.load(Relaxed),
             unauthorized_not_renewed: self.unauthorized_not_renewed.load(Relaxed),
+            shared_adoptions: self.shared_adoptions.load(Relaxed),
+            shared_errors: self.shared_errors.load(Relaxed),
+            shared_unreadable: self.shared_unreadable.load(Relaxed),
             logouts: self.logouts.load(Relaxed),
             sign_ups: self.sign_ups.load(Relaxed),
         }

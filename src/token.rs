@@ -1,6 +1,6 @@
 //! The token model: what IQM hands out, and the pure arithmetic of when to renew it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -89,6 +89,17 @@ impl Deadlines {
         }
     }
 
+    /// The same deadlines with the renewal margin scaled by a factor in [0.5, 1] picked by
+    /// `unit` in [0, 1): replicas sharing one session then reach their renewal points at
+    /// different moments instead of all in the same millisecond.
+    pub(crate) fn with_jittered_margin(self, unit: f64) -> Self {
+        let margin = self.expires_at - self.renew_at;
+        Self {
+            renew_at: self.expires_at - margin.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0)),
+            ..self
+        }
+    }
+
     pub(crate) fn freshness(&self, now: Instant) -> Freshness {
         if now < self.renew_at {
             Freshness::Fresh
@@ -143,6 +154,9 @@ pub(crate) struct CachedToken {
     /// clock: the background renewer clears it when the deadline passes. Never set for a
     /// session that reads the clock on every request (a custom clock, or no background renewer).
     known_fresh: AtomicBool,
+    /// The generation of the fleet's shared session this token came from or was published as
+    /// (0: this replica's own).
+    shared_generation: AtomicU64,
 }
 
 impl CachedToken {
@@ -167,6 +181,7 @@ impl CachedToken {
             used: AtomicBool::new(false),
             renewal_claimed: AtomicBool::new(false),
             known_fresh: AtomicBool::new(known_fresh),
+            shared_generation: AtomicU64::new(0),
         })
     }
 
@@ -195,6 +210,14 @@ impl CachedToken {
 
     pub(crate) fn was_used(&self) -> bool {
         self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn shared_generation(&self) -> u64 {
+        self.shared_generation.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_shared_generation(&self, generation: u64) {
+        self.shared_generation.store(generation, Ordering::Relaxed);
     }
 }
 
@@ -283,6 +306,25 @@ mod tests {
             Freshness::RenewSoon
         );
         assert_eq!(d.freshness(t0 + Duration::from_secs(3)), Freshness::Expired);
+    }
+
+    #[test]
+    fn a_jittered_margin_keeps_between_half_and_all_of_the_margin() {
+        let t0 = Instant::now();
+        let d = Deadlines::compute(t0, Duration::from_secs(100), Duration::from_secs(20));
+        assert_eq!(
+            d.with_jittered_margin(0.0).renew_at - t0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            d.with_jittered_margin(0.5).renew_at - t0,
+            Duration::from_secs(85)
+        );
+        assert_eq!(
+            d.with_jittered_margin(1.0).renew_at - t0,
+            Duration::from_secs(80)
+        );
+        assert_eq!(d.with_jittered_margin(0.7).expires_at, d.expires_at);
     }
 
     #[test]

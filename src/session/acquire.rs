@@ -18,6 +18,7 @@ use crate::store::{NewTokensHook, StoreError, StoredTokens};
 use crate::token::{CachedToken, Deadlines, Freshness, TokenSet, check_token_bytes};
 
 use super::Session;
+use super::retry::random_unit;
 
 /// A token is trusted to stay fresh without clock reads only if its renewal deadline is at least
 /// this far away when it is stored, so that a late timer cannot let an expired token be used.
@@ -31,6 +32,8 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) enum Source {
     Iqm,
     Store,
+    /// The fleet's shared session, renewed by another replica.
+    Shared,
 }
 
 impl Session {
@@ -42,37 +45,58 @@ impl Session {
         &self,
         reason: RenewReason,
     ) -> Result<(Arc<CachedToken>, Source), AuthError> {
+        if let Some(fleet) = &self.fleet {
+            if let Some(acquired) = self.acquire_shared(fleet, reason).await? {
+                return Ok(acquired);
+            }
+        }
         let budget = self.policy.acquire_timeout;
-        tokio::time::timeout(budget, async {
-            let mut previous = self.current.load_full();
-            if previous.is_none() && !self.store_consulted.swap(true, Ordering::Relaxed) {
-                match self.load_stored().await {
-                    Some(stored)
-                        if stored.deadlines.freshness(self.clock.now()) != Freshness::Expired =>
-                    {
-                        info!(%reason, "resumed the stored IQM session");
-                        return Ok((stored, Source::Store));
-                    }
-                    // Expired: its refresh token may still renew it.
-                    stored => previous = stored,
+        tokio::time::timeout(budget, self.acquire_on_own(reason))
+            .await
+            .unwrap_or(Err(AuthError::BudgetExhausted(budget)))
+    }
+
+    /// Acquisition by this replica alone: the stored session if it is usable, else IQM.
+    async fn acquire_on_own(
+        &self,
+        reason: RenewReason,
+    ) -> Result<(Arc<CachedToken>, Source), AuthError> {
+        let mut previous = self.current.load_full();
+        if previous.is_none() && !self.store_consulted.swap(true, Ordering::Relaxed) {
+            match self.load_stored().await {
+                Some(stored)
+                    if stored.deadlines.freshness(self.clock.now()) != Freshness::Expired =>
+                {
+                    info!(%reason, "resumed the stored IQM session");
+                    return Ok((stored, Source::Store));
                 }
+                // Expired: its refresh token may still renew it.
+                stored => previous = stored,
             }
-            if let Some(token) = self.refresh(reason, previous.as_deref()).await? {
-                return Ok((token, Source::Iqm));
-            }
-            let token = self
-                .with_retries(AuthEndpoint::Login, self.policy.auth_attempts, || async {
-                    self.counters.login();
-                    let issued = self.clock.now();
-                    let set = self.api.login(&self.email, &self.password).await?;
-                    self.cached_from_answer(set, issued, None)
-                })
-                .await?;
-            info!(%reason, "logged in to IQM");
-            Ok((token, Source::Iqm))
-        })
-        .await
-        .unwrap_or(Err(AuthError::BudgetExhausted(budget)))
+        }
+        let token = self.obtain_from_iqm(reason, previous.as_deref()).await?;
+        Ok((token, Source::Iqm))
+    }
+
+    /// A new token from IQM: the refresh grant for `previous` if it can be used, else a login.
+    pub(super) async fn obtain_from_iqm(
+        &self,
+        reason: RenewReason,
+        previous: Option<&CachedToken>,
+    ) -> Result<Arc<CachedToken>, AuthError> {
+        if let Some(token) = self.refresh(reason, previous).await? {
+            return Ok(token);
+        }
+        let token = self
+            .with_retries(AuthEndpoint::Login, self.policy.auth_attempts, || async {
+                self.counters.login();
+                let issued = self.clock.now();
+                let set = self.api.login(&self.email, &self.password).await?;
+                self.cached_from_answer(set, issued, None)
+            })
+            .await?;
+        info!(%reason, "logged in to IQM");
+        Ok(token)
     }
 
     /// The refresh-token grant for `previous`, if it has a refresh token IQM has not refused.
@@ -170,7 +194,10 @@ impl Session {
         issued: Instant,
         lifetime: Duration,
     ) -> Result<Arc<CachedToken>, &'static str> {
-        let deadlines = Deadlines::compute(issued, lifetime, self.policy.refresh_margin);
+        let mut deadlines = Deadlines::compute(issued, lifetime, self.policy.refresh_margin);
+        if self.fleet.is_some() {
+            deadlines = deadlines.with_jittered_margin(random_unit());
+        }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         // The hot path may skip its clock read only while the renewer's timer can be trusted to
         // mark the deadline in time: not for a token due within moments.
@@ -201,24 +228,7 @@ impl Session {
                 return None;
             }
         };
-        let tokens_ok = check_token_bytes(stored.access_token.expose()).is_ok()
-            && stored
-                .refresh_token
-                .as_ref()
-                .is_none_or(|t| check_token_bytes(t.expose()).is_ok());
-        let token = tokens_ok
-            .then(|| {
-                let remaining = stored.remaining();
-                self.new_cached_token(
-                    stored.access_token,
-                    stored.refresh_token,
-                    stored.ow_id,
-                    self.clock.now(),
-                    remaining,
-                )
-                .ok()
-            })
-            .flatten();
+        let token = self.cached_from_stored(stored);
         if token.is_none() {
             self.counters.store_error();
             warn!("the stored IQM session holds an unusable token; logging in");
@@ -226,18 +236,44 @@ impl Session {
         token
     }
 
-    /// Hands a new token set from IQM to the store and the `on_new_tokens` hook.
-    pub(super) async fn persist(&self, token: &CachedToken) {
+    /// The cached form of a stored token set, if its tokens can be sent as headers.
+    pub(super) fn cached_from_stored(&self, stored: StoredTokens) -> Option<Arc<CachedToken>> {
+        let tokens_ok = check_token_bytes(stored.access_token.expose()).is_ok()
+            && stored
+                .refresh_token
+                .as_ref()
+                .is_none_or(|t| check_token_bytes(t.expose()).is_ok());
+        if !tokens_ok {
+            return None;
+        }
+        let remaining = stored.remaining();
+        self.new_cached_token(
+            stored.access_token,
+            stored.refresh_token,
+            stored.ow_id,
+            self.clock.now(),
+            remaining,
+        )
+        .ok()
+    }
+
+    /// The stored form of a cached token: its expiry as wall-clock time.
+    pub(super) fn stored_from_cached(&self, token: &CachedToken) -> StoredTokens {
         let remaining = token
             .deadlines
             .expires_at
             .saturating_duration_since(self.clock.now());
-        let stored = StoredTokens::new(
+        StoredTokens::new(
             token.access_token.clone(),
             token.refresh_token.clone(),
             token.ow_id,
             SystemTime::now() + remaining,
-        );
+        )
+    }
+
+    /// Hands a new token set from IQM to the store and the `on_new_tokens` hook.
+    pub(super) async fn persist(&self, token: &CachedToken) {
+        let stored = self.stored_from_cached(token);
         if let Err(err) = self.bounded_store_call(self.store.save(&stored)).await {
             self.counters.store_error();
             warn!(error = %err, "could not save the IQM session");

@@ -15,9 +15,11 @@
 //! - [`budget`]: the budget for failed auth calls, so that no fault can spend more than a set
 //!   share of IQM's rate limit.
 //! - [`renewer`]: the background renewer, which renews a token in use before it expires.
+//! - [`fleet`]: renewals through the fleet's shared session, when one is configured.
 
 mod acquire;
 mod budget;
+mod fleet;
 mod flight;
 mod pacing;
 mod renewer;
@@ -43,6 +45,7 @@ use crate::store::{NewTokensHook, TokenStore};
 use crate::token::{CachedToken, Freshness, TokenSet};
 
 use budget::CallBudget;
+use fleet::Fleet;
 use flight::RenewalSlot;
 
 /// How renewals are paced and retried (from the builder).
@@ -88,6 +91,8 @@ pub(crate) struct Session {
     /// Whether the store was read (once, before the first login).
     store_consulted: AtomicBool,
     on_new_tokens: Option<NewTokensHook>,
+    /// The fleet's shared session, if one is configured.
+    fleet: Option<Fleet>,
     pub(crate) counters: Counters,
 }
 
@@ -135,6 +140,9 @@ impl Session {
             store: config.token_store,
             store_consulted: AtomicBool::new(false),
             on_new_tokens: config.on_new_tokens,
+            fleet: config
+                .shared
+                .map(|(coordinator, scope)| Fleet::new(coordinator, scope)),
             counters: Counters::default(),
         })
     }
@@ -230,6 +238,7 @@ impl Session {
                     self.current.swap(None)
                 };
                 self.store_consulted.store(true, Ordering::Relaxed);
+                self.clear_shared().await;
                 if let Err(err) = self.bounded_store_call(self.store.clear()).await {
                     self.counters.store_error();
                     warn!(error = %err, "could not clear the stored IQM session");
@@ -298,6 +307,7 @@ impl std::fmt::Debug for Session {
             .field("password", &self.password)
             .field("policy", &self.policy)
             .field("token_generation", &current.as_ref().map(|t| t.generation))
+            .field("fleet", &self.fleet)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

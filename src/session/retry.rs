@@ -81,7 +81,7 @@ fn backoff(attempt: u32, unit: f64) -> Duration {
 }
 
 /// A number in [0, 1) that differs between calls, without a dependency for it.
-fn random_unit() -> f64 {
+pub(super) fn random_unit() -> f64 {
     use std::hash::{BuildHasher, RandomState};
     let random = RandomState::new().hash_one(std::time::Instant::now());
     (random % 1_000) as f64 / 1_000.0

@@ -5,6 +5,7 @@ mod composition;
 mod concurrency;
 mod fake;
 mod faults;
+mod fleet;
 mod hardening;
 mod login;
 mod renewal;

@@ -1,0 +1,429 @@
+//! [`RedisSession`]: the shared session in Redis (or any server speaking its protocol, such as
+//! Valkey), kept by Lua scripts so that every check-and-set is one atomic step.
+//!
+//! Keys, under `iqm-auth:{<scope>}:` (the braces keep them in one cluster slot):
+//! - `session`: a hash of `gen` (the shared generation), `set` (the sealed token set) and
+//!   `refreshing` (set while the lease holder presents the set's refresh token);
+//! - `lease`: the lease's fencing value, expiring by itself after the lease TTL;
+//! - `fence`: the counter fencing values are drawn from.
+//!
+//! Key names hold no secret: the scope is a name the user chose or a hash.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+
+use super::seal::Sealer;
+use super::{CoordinatorError, DEFAULT_LEASE_TTL, Lease, SessionCoordinator, SharedTokens};
+use crate::error::ConfigError;
+use crate::store::StoredTokens;
+
+/// How long one Redis call may take before the layer gives up on it for this renewal.
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The shared session, or nothing. A non-hash under the key (a foreign format) reads as
+/// generation 0 with a set that cannot be read.
+const READ: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return false end
+if kind ~= 'hash' then return {'0', '', ''} end
+local fields = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing')
+return {fields[1] or '0', fields[2] or '', fields[3] or ''}
+";
+
+/// Takes the lease if it is free; returns its fencing value.
+const TRY_LEASE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local fence = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], fence, 'PX', ARGV[2])
+return fence
+";
+
+/// The shared generation, reading anything but a hash as 0.
+const GENERATION: &str = r"
+local function generation(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'hash' then return 0 end
+  return tonumber(redis.call('HGET', key, 'gen')) or 0
+end
+";
+
+const MARK_REFRESHING: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if generation(KEYS[1]) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'refreshing', '1')
+return 1
+";
+
+const PUBLISH: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+local current = generation(KEYS[1])
+if current ~= tonumber(ARGV[2]) then return false end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'gen', current + 1, 'set', ARGV[3])
+return current + 1
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
+const CLEAR: &str = r"
+local current = generation(KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'gen', current + 1)
+return current + 1
+";
+
+/// Builds a [`RedisSession`]. Setters never fail; [`build`](Self::build) checks the URL.
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct RedisSessionBuilder {
+    url: String,
+    namespace: Option<String>,
+    lease_ttl: Duration,
+    encryption_key: Option<[u8; 32]>,
+    command_timeout: Duration,
+}
+
+impl fmt::Debug for RedisSessionBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessionBuilder")
+            .field("url", &crate::config::without_user_info(&self.url))
+            .field("namespace", &self.namespace)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("encrypted", &self.encryption_key.is_some())
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+impl RedisSessionBuilder {
+    /// The name the session is kept under; replicas with the same namespace (and the same
+    /// Redis) share one session. Letters, digits, `.`, `_` and `-`. Defaults to a hash of the
+    /// IQM base URL, workspace host and user, so different accounts never share a session.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// How long a replica may hold the right to renew before another may take it over: it
+    /// bounds how long a crashed holder can keep the fleet waiting. A holder's own renewal is
+    /// given at most this long. Defaults to 20 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Encrypts token sets at rest with XChaCha20-Poly1305 under this key, so that nothing
+    /// stored in Redis contains a token's bytes. Every replica needs the same key: a set sealed
+    /// under another key reads as no session (one login, logged and counted). Defaults to none.
+    pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
+        self.encryption_key = Some(key);
+        self
+    }
+
+    /// How long one Redis call may take before the layer gives up on Redis for that renewal
+    /// and renews on its own. Defaults to 500 ms.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings. Sends nothing: the connection is made on first use.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidRedisUrl`] (never naming a password in the URL), or
+    /// [`ConfigError::InvalidNamespace`].
+    pub fn build(self) -> Result<RedisSession, ConfigError> {
+        let shown = crate::config::without_user_info(&self.url);
+        let client = Client::open(self.url.as_str()).map_err(|err| {
+            let problem = format!("{:?}", err.kind());
+            ConfigError::InvalidRedisUrl {
+                url: shown.clone(),
+                problem,
+            }
+        })?;
+        if let Some(namespace) = &self.namespace {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if namespace.is_empty() || namespace.len() > 128 || !namespace.chars().all(allowed) {
+                return Err(ConfigError::InvalidNamespace(namespace.clone()));
+            }
+        }
+        let password = client.get_connection_info().redis_settings().password();
+        Ok(RedisSession {
+            inner: Arc::new(Inner {
+                password: password.map(str::to_owned),
+                client,
+                url: shown,
+                manager: Mutex::new(None),
+                namespace: self.namespace,
+                lease_ttl: self.lease_ttl.max(Duration::from_millis(100)),
+                command_timeout: self.command_timeout,
+                sealer: Sealer::new(self.encryption_key),
+                holder: holder_id(),
+                scripts: Scripts::new(),
+            }),
+        })
+    }
+}
+
+/// One IQM session for every replica of a service, kept in Redis (feature `redis`).
+///
+/// Give every replica's [`IqmAuthBuilder`](crate::IqmAuthBuilder) the same Redis and namespace
+/// with [`shared_session`](crate::IqmAuthBuilder::shared_session): a cold fleet logs in once,
+/// renews once per token lifetime, and recovers from a revocation with one renewal, whatever
+/// its size. Requests are still served from each replica's own cache: Redis is consulted only
+/// when a replica needs a token. Redis down is not IQM down: each replica then renews on its
+/// own, and the fleet converges again at the next renewal once Redis is back.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let shared = iqm_auth::RedisSession::builder("redis://127.0.0.1:6379/0")
+///     .namespace("acme-prod")
+///     .lease_ttl(Duration::from_secs(20))
+///     .encryption_key([7u8; 32])
+///     .build()?; // sends nothing
+/// let auth = iqm_auth::IqmAuth::builder()
+///     .client_credentials("client-id", "client-secret")
+///     .workspace_host("acme.iqm.com")
+///     .credentials("ops@acme.com", "password")
+///     .shared_session(shared)
+///     .build()?;
+/// # let _ = auth;
+/// # Ok::<(), iqm_auth::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct RedisSession {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// The URL without user info, for `Debug`.
+    url: String,
+    /// The URL's password, cut out of any Redis error before it is shown.
+    password: Option<String>,
+    manager: Mutex<Option<ConnectionManager>>,
+    namespace: Option<String>,
+    lease_ttl: Duration,
+    command_timeout: Duration,
+    sealer: Sealer,
+    /// This process's name in fencing values.
+    holder: String,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    read: Script,
+    try_lease: Script,
+    mark_refreshing: Script,
+    publish: Script,
+    release: Script,
+    clear: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with_generation = |body: &str| Script::new(&format!("{GENERATION}{body}"));
+        Self {
+            read: Script::new(READ),
+            try_lease: Script::new(TRY_LEASE),
+            mark_refreshing: with_generation(MARK_REFRESHING),
+            publish: with_generation(PUBLISH),
+            release: Script::new(RELEASE),
+            clear: with_generation(CLEAR),
+        }
+    }
+}
+
+impl fmt::Debug for RedisSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisSession")
+            .field("url", &inner.url)
+            .field("namespace", &inner.namespace)
+            .field("lease_ttl", &inner.lease_ttl)
+            .field("sealer", &inner.sealer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSession {
+    /// Starts building a session shared through the Redis at `url` (`redis://`, `rediss://`
+    /// for TLS, `unix://`).
+    pub fn builder(url: impl Into<String>) -> RedisSessionBuilder {
+        RedisSessionBuilder {
+            url: url.into(),
+            namespace: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            encryption_key: None,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, CoordinatorError> {
+        let mut manager = self.inner.manager.lock();
+        if let Some(manager) = manager.as_ref() {
+            return Ok(manager.clone());
+        }
+        let timeout = Some(self.inner.command_timeout);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(1);
+        let created = ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
+            .map_err(|err| self.error(&err))?;
+        *manager = Some(created.clone());
+        Ok(created)
+    }
+
+    /// A Redis error as shown in logs: its kind and message, never the URL's password.
+    fn error(&self, err: &redis::RedisError) -> CoordinatorError {
+        let mut shown = format!("{:?}: {err}", err.kind());
+        if let Some(password) = self.inner.password.as_deref().filter(|p| !p.is_empty()) {
+            shown = shown.replace(password, "[redacted]");
+        }
+        CoordinatorError(shown)
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        scope: &str,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, CoordinatorError> {
+        let mut connection = self.connection()?;
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key_name(scope, key));
+        }
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let call = invocation.invoke_async(&mut connection);
+        match tokio::time::timeout(self.inner.command_timeout, call).await {
+            Ok(result) => result.map_err(|err| self.error(&err)),
+            Err(_) => Err(CoordinatorError(format!(
+                "no answer within {:?}",
+                self.inner.command_timeout
+            ))),
+        }
+    }
+}
+
+fn key_name(scope: &str, key: &str) -> String {
+    format!("iqm-auth:{{{scope}}}:{key}")
+}
+
+/// A name for this process in fencing values, different between processes and runs.
+fn holder_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()));
+    format!("{:x}-{random:016x}", std::process::id())
+}
+
+#[async_trait::async_trait]
+impl SessionCoordinator for RedisSession {
+    fn namespace(&self) -> Option<&str> {
+        self.inner.namespace.as_deref()
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.inner.lease_ttl
+    }
+
+    async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
+        let fields: Option<(String, Vec<u8>, String)> = self
+            .run(&self.inner.scripts.read, scope, &["session"], &[])
+            .await?;
+        let Some((generation, set, refreshing)) = fields else {
+            return Ok(None);
+        };
+        let generation = generation.parse().unwrap_or(0);
+        if set.is_empty() {
+            return Ok(Some(SharedTokens::new(generation, None, false)));
+        }
+        Ok(Some(match self.inner.sealer.open(scope, &set) {
+            Some(tokens) => SharedTokens::new(generation, Some(tokens), !refreshing.is_empty()),
+            None => SharedTokens::unreadable(generation),
+        }))
+    }
+
+    async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
+        let ttl_ms = self.inner.lease_ttl.as_millis().max(1).to_string();
+        let fence: Option<String> = self
+            .run(
+                &self.inner.scripts.try_lease,
+                scope,
+                &["lease", "fence"],
+                &[self.inner.holder.as_bytes(), ttl_ms.as_bytes()],
+            )
+            .await?;
+        Ok(fence.map(|fence| Lease { fence }))
+    }
+
+    async fn mark_refreshing(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        generation: u64,
+    ) -> Result<bool, CoordinatorError> {
+        let marked: i64 = self
+            .run(
+                &self.inner.scripts.mark_refreshing,
+                scope,
+                &["session", "lease"],
+                &[lease.fence.as_bytes(), generation.to_string().as_bytes()],
+            )
+            .await?;
+        Ok(marked == 1)
+    }
+
+    async fn publish(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        expected: u64,
+        tokens: &StoredTokens,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        let sealed = self.inner.sealer.seal(scope, tokens);
+        self.run(
+            &self.inner.scripts.publish,
+            scope,
+            &["session", "lease"],
+            &[
+                lease.fence.as_bytes(),
+                expected.to_string().as_bytes(),
+                &sealed,
+            ],
+        )
+        .await
+    }
+
+    async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError> {
+        let _: i64 = self
+            .run(
+                &self.inner.scripts.release,
+                scope,
+                &["lease"],
+                &[lease.fence.as_bytes()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, scope: &str) -> Result<(), CoordinatorError> {
+        let _: i64 = self
+            .run(&self.inner.scripts.clear, scope, &["session"], &[])
+            .await?;
+        Ok(())
+    }
+}
