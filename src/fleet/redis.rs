@@ -30,7 +30,7 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 const READ: &str = r"
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then return false end
-if kind ~= 'hash' then return {'0', '', ''} end
+if kind ~= 'hash' then return {'0', 'foreign', ''} end
 local fields = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing')
 return {fields[1] or '0', fields[2] or '', fields[3] or ''}
 ";

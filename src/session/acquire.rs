@@ -74,6 +74,9 @@ impl Session {
                 stored => previous = stored,
             }
         }
+        // A set taken from the fleet's shared session is not refreshed here: another replica,
+        // also on its own while the coordinator is down, may be spending the same refresh token.
+        let previous = previous.filter(|p| p.shared_generation() == 0);
         let token = self.obtain_from_iqm(reason, previous.as_deref()).await?;
         Ok((token, Source::Iqm))
     }

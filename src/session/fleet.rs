@@ -87,6 +87,13 @@ impl Session {
             else {
                 return Ok(None);
             };
+            if let Some(shared) = shared.as_ref().filter(|s| s.unreadable) {
+                self.counters.shared_unreadable();
+                warn!(
+                    generation = shared.generation,
+                    "the shared IQM session holds something this replica cannot read (another format or encryption key); renewing and replacing it"
+                );
+            }
             if let Some(token) = self.adoptable(shared.as_ref(), local.as_deref(), reason) {
                 return Ok(Some((token, Source::Shared)));
             }
@@ -213,14 +220,6 @@ impl Session {
         reason: RenewReason,
     ) -> Option<Arc<CachedToken>> {
         let shared = shared?;
-        if shared.unreadable {
-            self.counters.shared_unreadable();
-            warn!(
-                generation = shared.generation,
-                "the shared IQM session holds something this replica cannot read (another format or encryption key); renewing and replacing it"
-            );
-            return None;
-        }
         let tokens = shared.tokens.as_ref()?;
         if local.is_some_and(|local| {
             local.shared_generation() == shared.generation
