@@ -164,6 +164,11 @@ fn parse(line: &str) -> Report {
     report
 }
 
+/// Whether this process was started as a replica.
+pub fn is_replica() -> bool {
+    std::env::var_os("FLEET_STEPS").is_some()
+}
+
 /// The replica's side: runs the steps of its `FLEET_*` variables.
 pub fn run() {
     let var = |name: &str| std::env::var(name).ok();
