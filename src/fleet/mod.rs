@@ -11,6 +11,8 @@
 //! - Before presenting a refresh token, the holder marks the set "refreshing"; a replica that
 //!   takes over a set so marked logs in instead, so a rotated refresh token is never presented
 //!   twice.
+//! - A holder whose renewal failed pauses the fleet's renewals, so an outage costs the auth
+//!   calls of one replica, not of every replica in turn.
 
 #[cfg(feature = "redis")]
 mod redis;
@@ -43,6 +45,8 @@ pub struct SharedTokens {
     pub refreshing: bool,
     /// Whether something was stored that could not be read as a token set.
     pub unreadable: bool,
+    /// How long the fleet's renewals still pause after the last holder's renewal failed.
+    pub paused_for: Option<Duration>,
 }
 
 impl SharedTokens {
@@ -53,6 +57,15 @@ impl SharedTokens {
             tokens,
             refreshing,
             unreadable: false,
+            paused_for: None,
+        }
+    }
+
+    /// The same, with the fleet's renewals paused for `pause` more.
+    pub fn paused(self, pause: Duration) -> Self {
+        Self {
+            paused_for: (!pause.is_zero()).then_some(pause),
+            ..self
         }
     }
 
@@ -63,6 +76,7 @@ impl SharedTokens {
             tokens: None,
             refreshing: false,
             unreadable: true,
+            paused_for: None,
         }
     }
 }
@@ -120,6 +134,17 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
         tokens: &StoredTokens,
     ) -> Result<Option<u64>, CoordinatorError>;
 
+    /// Pauses the fleet's renewals for `pause` after the holder of `lease` failed to renew, if
+    /// it still holds the lease: until then, replicas that need a token fail at once instead of
+    /// calling IQM, so a fleet in an outage spends the auth calls of one replica, not of all.
+    /// A published set ends the pause.
+    async fn pause(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        pause: Duration,
+    ) -> Result<(), CoordinatorError>;
+
     /// Gives the lease up, if it is still held.
     async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError>;
 
@@ -156,6 +181,7 @@ struct MemoryScope {
     generation: u64,
     tokens: Option<StoredTokens>,
     refreshing: bool,
+    paused_until: Option<Instant>,
     lease: Option<(String, Instant)>,
     fences: u64,
 }
@@ -200,9 +226,13 @@ impl SessionCoordinator for MemoryCoordinator {
 
     async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
         let scopes = self.scopes.lock();
-        Ok(scopes
-            .get(scope)
-            .map(|s| SharedTokens::new(s.generation, s.tokens.clone(), s.refreshing)))
+        let now = Instant::now();
+        Ok(scopes.get(scope).map(|s| {
+            let pause = s
+                .paused_until
+                .map_or(Duration::ZERO, |until| until - now.min(until));
+            SharedTokens::new(s.generation, s.tokens.clone(), s.refreshing).paused(pause)
+        }))
     }
 
     async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
@@ -248,7 +278,22 @@ impl SessionCoordinator for MemoryCoordinator {
         state.generation += 1;
         state.tokens = Some(tokens.clone());
         state.refreshing = false;
+        state.paused_until = None;
         Ok(Some(state.generation))
+    }
+
+    async fn pause(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        pause: Duration,
+    ) -> Result<(), CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scopes.entry(scope.to_owned()).or_default();
+        if state.holds(lease) {
+            state.paused_until = Instant::now().checked_add(pause);
+        }
+        Ok(())
     }
 
     async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError> {
@@ -267,6 +312,7 @@ impl SessionCoordinator for MemoryCoordinator {
         state.generation += 1;
         state.tokens = None;
         state.refreshing = false;
+        state.paused_until = None;
         Ok(())
     }
 }

@@ -2,8 +2,9 @@
 //! Valkey), kept by Lua scripts so that every check-and-set is one atomic step.
 //!
 //! Keys, under `iqm-auth:{<scope>}:` (the braces keep them in one cluster slot):
-//! - `session`: a hash of `gen` (the shared generation), `set` (the sealed token set) and
-//!   `refreshing` (set while the lease holder presents the set's refresh token);
+//! - `session`: a hash of `gen` (the shared generation), `set` (the sealed token set),
+//!   `refreshing` (set while the lease holder presents the set's refresh token) and
+//!   `paused_until` (on Redis's clock, after the holder's renewal failed);
 //! - `lease`: the lease's fencing value, expiring by itself after the lease TTL;
 //! - `fence`: the counter fencing values are drawn from.
 //!
@@ -30,9 +31,11 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 const READ: &str = r"
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then return false end
-if kind ~= 'hash' then return {'0', 'foreign', ''} end
-local fields = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing')
-return {fields[1] or '0', fields[2] or '', fields[3] or ''}
+if kind ~= 'hash' then return {'0', 'foreign', '', '0'} end
+local fields = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until')
+local paused = 0
+if fields[4] then paused = math.max(0, tonumber(fields[4]) - now_ms()) end
+return {fields[1] or '0', fields[2] or '', fields[3] or '', string.format('%.0f', paused)}
 ";
 
 /// Takes the lease if it is free; returns its fencing value.
@@ -41,6 +44,23 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local fence = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], fence, 'PX', ARGV[2])
 return fence
+";
+
+/// Redis's own clock in milliseconds, the one clock every replica's pause is measured on.
+const NOW_MS: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// Pauses the fleet's renewals (the lease holder only).
+const PAUSE: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'paused_until', string.format('%.0f', now_ms() + tonumber(ARGV[2])))
+return 1
 ";
 
 /// The shared generation, reading anything but a hash as 0.
@@ -225,6 +245,7 @@ struct Scripts {
     try_lease: Script,
     mark_refreshing: Script,
     publish: Script,
+    pause: Script,
     release: Script,
     clear: Script,
 }
@@ -233,7 +254,8 @@ impl Scripts {
     fn new() -> Self {
         let with_generation = |body: &str| Script::new(&format!("{GENERATION}{body}"));
         Self {
-            read: Script::new(READ),
+            read: Script::new(&format!("{NOW_MS}{READ}")),
+            pause: Script::new(&format!("{NOW_MS}{PAUSE}")),
             try_lease: Script::new(TRY_LEASE),
             mark_refreshing: with_generation(MARK_REFRESHING),
             publish: with_generation(PUBLISH),
@@ -341,20 +363,23 @@ impl SessionCoordinator for RedisSession {
     }
 
     async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
-        let fields: Option<(String, Vec<u8>, String)> = self
+        let fields: Option<(String, Vec<u8>, String, String)> = self
             .run(&self.inner.scripts.read, scope, &["session"], &[])
             .await?;
-        let Some((generation, set, refreshing)) = fields else {
+        let Some((generation, set, refreshing, paused_ms)) = fields else {
             return Ok(None);
         };
         let generation = generation.parse().unwrap_or(0);
-        if set.is_empty() {
-            return Ok(Some(SharedTokens::new(generation, None, false)));
-        }
-        Ok(Some(match self.inner.sealer.open(scope, &set) {
-            Some(tokens) => SharedTokens::new(generation, Some(tokens), !refreshing.is_empty()),
-            None => SharedTokens::unreadable(generation),
-        }))
+        let shared = if set.is_empty() {
+            SharedTokens::new(generation, None, false)
+        } else {
+            match self.inner.sealer.open(scope, &set) {
+                Some(tokens) => SharedTokens::new(generation, Some(tokens), !refreshing.is_empty()),
+                None => SharedTokens::unreadable(generation),
+            }
+        };
+        let paused = Duration::from_millis(paused_ms.parse().unwrap_or(0));
+        Ok(Some(shared.paused(paused)))
     }
 
     async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
@@ -406,6 +431,24 @@ impl SessionCoordinator for RedisSession {
             ],
         )
         .await
+    }
+
+    async fn pause(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        pause: Duration,
+    ) -> Result<(), CoordinatorError> {
+        let pause_ms = pause.as_millis().min(u128::from(u32::MAX)).to_string();
+        let _: i64 = self
+            .run(
+                &self.inner.scripts.pause,
+                scope,
+                &["session", "lease"],
+                &[lease.fence.as_bytes(), pause_ms.as_bytes()],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError> {

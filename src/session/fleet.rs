@@ -18,6 +18,7 @@ use crate::token::{CachedToken, Freshness};
 
 use super::Session;
 use super::acquire::Source;
+use super::pacing::fleet_pause;
 
 /// The first wait between looks at the shared session while another replica renews; it
 /// doubles up to [`MAX_POLL`].
@@ -96,6 +97,13 @@ impl Session {
             }
             if let Some(token) = self.adoptable(shared.as_ref(), local.as_deref(), reason) {
                 return Ok(Some((token, Source::Shared)));
+            }
+            if let Some(retry_after) = shared.as_ref().and_then(|s| s.paused_for) {
+                debug!(
+                    ?retry_after,
+                    "the fleet's renewals pause after a failed renewal"
+                );
+                return Err(AuthError::CallBudgetExhausted { retry_after });
             }
             let Some(lease) = self
                 .coordinate(fleet, fleet.coordinator.try_lease(&fleet.scope))
@@ -183,9 +191,20 @@ impl Session {
             .policy
             .acquire_timeout
             .min(fleet.coordinator.lease_ttl());
-        let token = tokio::time::timeout(budget, self.obtain_from_iqm(reason, base.as_deref()))
+        let obtained = tokio::time::timeout(budget, self.obtain_from_iqm(reason, base.as_deref()))
             .await
-            .unwrap_or(Err(AuthError::BudgetExhausted(budget)))?;
+            .unwrap_or(Err(AuthError::BudgetExhausted(budget)));
+        let token = match obtained {
+            Ok(token) => token,
+            Err(err) => {
+                let pause = fleet_pause(&err, &self.policy);
+                if !pause.is_zero() {
+                    self.coordinate(fleet, fleet.coordinator.pause(&fleet.scope, lease, pause))
+                        .await;
+                }
+                return Err(err);
+            }
+        };
         let stored = self.stored_from_cached(&token);
         let published = self
             .coordinate(

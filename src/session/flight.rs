@@ -71,12 +71,15 @@ impl Session {
         Err(AuthError::Interrupted)
     }
 
-    /// Joins the running renewal, returns a token newer than `stale`, fails fast while renewals
-    /// are paused, or starts a renewal in a task of its own.
+    /// Starts a renewal in the background (or leaves the running one be), for a caller that
+    /// does not wait for it.
     pub(super) fn start_renewal(self: &Arc<Self>, reason: RenewReason, stale: Option<u64>) {
         drop(self.join_or_start(reason, stale));
     }
 
+    /// Joins the running renewal, returns a token newer than `stale`, fails fast while renewals
+    /// are paused or the budget for failed auth calls is spent, or starts a renewal in a task
+    /// of its own.
     fn join_or_start(
         self: &Arc<Self>,
         reason: RenewReason,
@@ -96,8 +99,12 @@ impl Session {
         if let Some(err) = slot.pacing.blocked_at(now) {
             return Err(err.clone());
         }
-        if let Some(retry_after) = self.budget.lock().wait_at(now) {
-            return Err(AuthError::CallBudgetExhausted { retry_after });
+        // With a shared session a renewal may need no auth call (another replica's set), so
+        // the budget is left to guard each call.
+        if self.fleet.is_none() {
+            if let Some(retry_after) = self.budget.lock().wait_at(now) {
+                return Err(AuthError::CallBudgetExhausted { retry_after });
+            }
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| AuthError::NoRuntime)?;
         let id = slot.next_id;

@@ -101,6 +101,23 @@ impl Pacing {
     }
 }
 
+/// How long a whole fleet pauses its renewals after the lease holder's renewal failed with
+/// `err`: what one replica's pacing pauses after a second failure in a row (2 s for an outage,
+/// the cool-down for refused credentials, IQM's `Retry-After`), so that a fleet in an outage
+/// spends the auth calls of one replica, not those of every replica in turn. Nothing for a
+/// renewal that made no call of its own.
+pub(super) fn fleet_pause(err: &AuthError, policy: &Policy) -> Duration {
+    if err.class() == FailureClass::Interrupted {
+        return Duration::ZERO;
+    }
+    let second_failure = Pacing {
+        failures_in_a_row: 2,
+        rejections_in_a_row: 1,
+        blocked: None,
+    };
+    second_failure.pause_after(err, policy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +230,17 @@ mod tests {
         }
         assert_eq!(pacing.failures_in_a_row, 0);
         assert!(pacing.blocked_at(t0).is_none());
+    }
+
+    #[test]
+    fn a_fleet_pauses_as_one_replica_does_after_a_second_failure() {
+        let policy = policy();
+        let pause = |err: &AuthError| fleet_pause(err, &policy).as_secs();
+        assert_eq!(pause(&failure(AuthEndpoint::Login, 503, None)), 2);
+        assert_eq!(pause(&failure(AuthEndpoint::Login, 403, None)), 30);
+        assert_eq!(pause(&failure(AuthEndpoint::Refresh, 429, None)), 10);
+        assert_eq!(pause(&failure(AuthEndpoint::Login, 503, Some(40))), 40);
+        assert_eq!(pause(&AuthError::Interrupted), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use iqm_auth::testing::{FakeIqm, ManualClock};
+use iqm_auth::testing::{Answer, FakeIqm, ManualClock};
 use iqm_auth::{IqmAuth, MemoryCoordinator};
 
 use crate::support::client_with;
@@ -125,4 +125,25 @@ async fn two_accounts_on_one_coordinator_never_share_a_session() {
 
     assert_eq!((first.logins(), second.logins()), (1, 1));
     assert_eq!(b.stats().shared_adoptions, 0);
+}
+
+#[tokio::test]
+async fn an_outage_costs_the_auth_calls_of_one_replica_not_of_the_fleet() {
+    let iqm = FakeIqm::start().await.unwrap();
+    iqm.set_login_answer(Answer::Status(503));
+    let fleet = MemoryCoordinator::default();
+    let replicas = replicas(&iqm, &fleet, 6);
+
+    let results = join_all(replicas.iter().map(|auth| auth.access_token())).await;
+
+    assert!(results.iter().all(Result::is_err));
+    // The holder's renewal: its 3 tries. The others wait for it, then find the fleet paused.
+    assert_eq!(iqm.logins(), 3);
+    let paused = results
+        .iter()
+        .filter(|r| {
+            matches!(r, Err(iqm_auth::AuthError::CallBudgetExhausted { retry_after }) if *retry_after <= Duration::from_secs(2))
+        })
+        .count();
+    assert_eq!(paused, 5);
 }

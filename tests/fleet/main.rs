@@ -35,6 +35,26 @@ fn fake(rt: &tokio::runtime::Runtime) -> FakeIqm {
     rt.block_on(FakeIqm::start()).expect("fake IQM")
 }
 
+/// A redis-server, a runtime and a fake IQM served on it; `None` when the test is skipped.
+fn setup() -> Option<(RedisServer, tokio::runtime::Runtime, FakeIqm)> {
+    let redis = RedisServer::start()?;
+    let rt = runtime();
+    let iqm = fake(&rt);
+    Some((redis, rt, iqm))
+}
+
+fn wait_all(replicas: &[Replica]) {
+    for replica in replicas {
+        replica.wait_until_waiting();
+    }
+}
+
+fn go_all(replicas: &mut [Replica]) {
+    for replica in replicas {
+        replica.go();
+    }
+}
+
 fn spawn_all(configs: impl IntoIterator<Item = ReplicaConfig>) -> Vec<Replica> {
     configs.into_iter().map(|c| Replica::spawn(&c)).collect()
 }
@@ -49,11 +69,9 @@ fn layer(iqm: &FakeIqm, shared: RedisSession) -> IqmAuth {
 
 #[test]
 fn a_cold_fleet_of_twenty_processes_logs_in_once() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     iqm.set_login_delay(Duration::from_millis(200));
 
     let config = ReplicaConfig::new(&iqm, &redis.url(), "get:5");
@@ -70,11 +88,9 @@ fn a_cold_fleet_of_twenty_processes_logs_in_once() {
 
 #[test]
 fn a_joining_replica_reads_the_shared_session_and_makes_no_auth_call() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     let first = Replica::spawn(&ReplicaConfig::new(&iqm, &redis.url(), "get:1"));
     assert_eq!(first.finish().ok, 1);
     let before = redis.command_calls();
@@ -97,11 +113,9 @@ fn a_joining_replica_reads_the_shared_session_and_makes_no_auth_call() {
 
 #[test]
 fn steady_state_requests_send_no_redis_command() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     let auth = layer(&iqm, RedisSession::builder(redis.url()).build().unwrap());
     let client = ClientBuilder::new(reqwest::Client::new())
         .with(auth.clone())
@@ -140,22 +154,16 @@ fn steady_state_requests_send_no_redis_command() {
 
 #[test]
 fn a_401_storm_across_the_fleet_costs_one_renewal() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     let config = ReplicaConfig::new(&iqm, &redis.url(), "get:1,wait,get:4");
     let mut replicas = spawn_all(vec![config; 10]);
-    for replica in &replicas {
-        replica.wait_until_waiting();
-    }
+    wait_all(&replicas);
     assert_eq!(iqm.logins(), 1);
 
     iqm.revoke_all_access_tokens();
-    for replica in &mut replicas {
-        replica.go();
-    }
+    go_all(&mut replicas);
     let reports = finish_all(replicas);
 
     for report in &reports {
@@ -167,23 +175,17 @@ fn a_401_storm_across_the_fleet_costs_one_renewal() {
 
 #[test]
 fn the_fleet_renews_ahead_of_expiry_once_per_lifetime_not_once_per_replica() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     // 4-second tokens: each replica renews 0.5 to 1 s before expiry (its jittered margin).
     // In 5 s of traffic the fleet's token is renewed once (at 3 to 3.5 s); the next renewal
     // would fall after 6 s.
     iqm.set_token_lifetime(Duration::from_secs(4));
     let config = ReplicaConfig::new(&iqm, &redis.url(), "get:1,wait,for:5000");
     let mut replicas = spawn_all(vec![config; 5]);
-    for replica in &replicas {
-        replica.wait_until_waiting();
-    }
-    for replica in &mut replicas {
-        replica.go();
-    }
+    wait_all(&replicas);
+    go_all(&mut replicas);
     let reports = finish_all(replicas);
 
     assert!(reports.iter().all(|r| r.failed == 0), "{reports:?}");
@@ -194,11 +196,9 @@ fn the_fleet_renews_ahead_of_expiry_once_per_lifetime_not_once_per_replica() {
 
 #[test]
 fn a_holder_killed_during_its_login_is_taken_over_once_its_lease_expires() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     iqm.set_login_delay(Duration::from_millis(1500));
     let mut config = ReplicaConfig::new(&iqm, &redis.url(), "get:1");
     config.lease_ttl_ms = Some(2500);
@@ -220,11 +220,9 @@ fn a_holder_killed_during_its_login_is_taken_over_once_its_lease_expires() {
 
 #[test]
 fn a_replica_taking_over_from_a_holder_killed_mid_refresh_logs_in_instead_of_reusing_it() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     let mut config = ReplicaConfig::new(&iqm, &redis.url(), "get:1,wait,get:1");
     config.lease_ttl_ms = Some(2000);
     let mut holder = Replica::spawn(&config);
@@ -271,37 +269,27 @@ fn redis_unreachable_from_the_start_is_not_iqm_down() {
 
 #[test]
 fn redis_stopped_mid_run_is_survived_and_the_fleet_converges_when_it_returns() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     let port = redis.port;
     let config = ReplicaConfig::new(&iqm, &redis.url(), "get:1,wait,get:2,wait,get:2");
     let mut replicas = spawn_all(vec![config; 3]);
-    for replica in &replicas {
-        replica.wait_until_waiting();
-    }
+    wait_all(&replicas);
     assert_eq!(iqm.logins(), 1);
 
     // Redis goes away and IQM revokes the shared token: each replica renews on its own, by
     // logging in (the shared refresh token is not presented by several replicas at once).
     redis.stop();
     iqm.revoke_all_access_tokens();
-    for replica in &mut replicas {
-        replica.go();
-    }
-    for replica in &replicas {
-        replica.wait_until_waiting();
-    }
+    go_all(&mut replicas);
+    wait_all(&replicas);
     assert_eq!((iqm.logins(), iqm.refreshes()), (4, 0));
 
     // Redis comes back (empty); the next renewal brings the fleet onto one session again.
     let _back = RedisServer::start_with(port, None).expect("redis-server again");
     iqm.revoke_all_access_tokens();
-    for replica in &mut replicas {
-        replica.go();
-    }
+    go_all(&mut replicas);
     let reports = finish_all(replicas);
 
     for report in &reports {
@@ -317,30 +305,36 @@ fn redis_stopped_mid_run_is_survived_and_the_fleet_converges_when_it_returns() {
 }
 
 #[test]
-fn a_logout_ends_the_session_for_the_whole_fleet() {
-    let Some(redis) = RedisServer::start() else {
+fn an_iqm_outage_costs_the_auth_calls_of_one_replica_not_of_the_fleet() {
+    let Some((redis, _rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
+    iqm.set_login_answer(iqm_auth::testing::Answer::Status(503));
+    let config = ReplicaConfig::new(&iqm, &redis.url(), "get:2");
+    let reports = finish_all(spawn_all(vec![config; 10]));
+
+    for report in &reports {
+        assert_eq!((report.ok, report.failed), (0, 2), "{report:?}");
+    }
+    // One holder's renewal (3 tries); the fleet then pauses instead of every replica trying.
+    assert_eq!(iqm.logins(), 3);
+}
+
+#[test]
+fn a_logout_ends_the_session_for_the_whole_fleet() {
+    let Some((redis, _rt, iqm)) = setup() else {
+        return;
+    };
     let mut leaving = ReplicaConfig::new(&iqm, &redis.url(), "get:1,wait,logout,wait,get:1");
     leaving.namespace = Some("logout-test".to_owned());
     let mut staying = leaving.clone();
     staying.steps = "get:1,wait,wait,get:1".to_owned();
     let mut replicas = spawn_all([leaving, staying.clone(), staying.clone(), staying]);
-    for replica in &replicas {
-        replica.wait_until_waiting();
-    }
-    for replica in &mut replicas {
-        replica.go();
-    }
-    for replica in &replicas {
-        replica.wait_until_waiting();
-    }
+    wait_all(&replicas);
+    go_all(&mut replicas);
+    wait_all(&replicas);
     assert_eq!(iqm.logouts(), 1);
-    for replica in &mut replicas {
-        replica.go();
-    }
+    go_all(&mut replicas);
     let reports = finish_all(replicas);
 
     for report in &reports {
@@ -412,11 +406,9 @@ fn accounts_are_isolated_and_nothing_secret_is_stored_or_shown() {
 
 #[test]
 fn garbage_under_the_key_is_ignored_with_a_warning_and_replaced() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     let shared = || {
         RedisSession::builder(redis.url())
             .namespace("garbage")
@@ -441,11 +433,9 @@ fn garbage_under_the_key_is_ignored_with_a_warning_and_replaced() {
 
 #[test]
 fn a_slow_redis_holds_no_request_past_its_command_timeout() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, rt, iqm)) = setup() else {
         return;
     };
-    let rt = runtime();
-    let iqm = fake(&rt);
     let shared = RedisSession::builder(redis.url())
         .command_timeout(Duration::from_millis(200))
         .build()
