@@ -122,16 +122,16 @@ impl Session {
                     UnderLease::Unavailable => return Ok(None),
                     UnderLease::LookAgain => {}
                 }
-            } else if started.elapsed() >= patience {
-                return Err(AuthError::BudgetExhausted(patience));
-            } else {
-                debug!(
-                    ?poll,
-                    "another replica renews the shared IQM session; waiting"
-                );
-                tokio::time::sleep(poll).await;
-                poll = (poll * 2).min(MAX_POLL);
             }
+            if started.elapsed() >= patience {
+                return Err(AuthError::BudgetExhausted(patience));
+            }
+            debug!(
+                ?poll,
+                "another replica renews the shared IQM session; waiting"
+            );
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(MAX_POLL);
         }
     }
 
@@ -154,6 +154,10 @@ impl Session {
             return Ok(UnderLease::Acquired((token, Source::Shared)));
         }
         let expected = shared.as_ref().map_or(0, |s| s.generation);
+        let shared_set = shared
+            .as_ref()
+            .and_then(|s| s.tokens.clone())
+            .and_then(|tokens| self.cached_from_stored(tokens));
         let base = match &shared {
             Some(shared) if shared.refreshing => {
                 info!(
@@ -162,16 +166,13 @@ impl Session {
                 None
             }
             Some(SharedTokens {
-                tokens: Some(tokens),
-                ..
-            }) => self.cached_from_stored(tokens.clone()),
+                tokens: Some(_), ..
+            }) => shared_set.as_deref(),
             // No shared set: a token this replica obtained on its own (during an outage) is
             // renewed from; one taken from a shared set that is gone (a logout) is not.
-            _ => local
-                .filter(|local| local.shared_generation() == 0)
-                .and_then(|local| self.cached_from_stored(self.stored_from_cached(local))),
+            _ => local.filter(|local| local.shared_generation() == 0),
         };
-        if base.as_ref().is_some_and(|b| b.refresh_token.is_some()) {
+        if base.is_some_and(|b| b.refresh_token.is_some()) {
             let marked = self
                 .coordinate(
                     fleet,
@@ -191,7 +192,7 @@ impl Session {
             .policy
             .acquire_timeout
             .min(fleet.coordinator.lease_ttl());
-        let obtained = tokio::time::timeout(budget, self.obtain_from_iqm(reason, base.as_deref()))
+        let obtained = tokio::time::timeout(budget, self.obtain_from_iqm(reason, base))
             .await
             .unwrap_or(Err(AuthError::BudgetExhausted(budget)));
         let token = match obtained {
