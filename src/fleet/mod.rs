@@ -4,7 +4,7 @@
 //! The protocol, kept by every coordinator:
 //! - The shared set carries a generation that only ever grows (a logout removes the set but
 //!   keeps counting), so a replica tells a set other than its own by the number alone.
-//! - One replica at a time holds the lease, the right to renew; it expires by itself, so a
+//! - One replica at a time holds the lease, the right to renew; the others wait for its set; it expires by itself, so a
 //!   crashed holder does not wedge the fleet. Each lease has a fencing value of its own.
 //! - A set is published only by the lease's holder, and only if the shared generation is still
 //!   the one it renewed from: a holder whose lease ran out cannot overwrite a newer set.
@@ -144,6 +144,29 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
         lease: &Lease,
         pause: Duration,
     ) -> Result<(), CoordinatorError>;
+
+    /// Waits until the shared generation differs from `seen` (another replica published, or
+    /// logged out), for at most `timeout`, and returns the shared session as it then stands.
+    /// The default looks every 25 ms, doubling to 400 ms; a coordinator with a way to be told
+    /// (pub/sub, say) may answer sooner.
+    async fn wait_for_newer(
+        &self,
+        scope: &str,
+        seen: u64,
+        timeout: Duration,
+    ) -> Result<Option<SharedTokens>, CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = Duration::from_millis(25);
+        loop {
+            let shared = self.read(scope).await?;
+            let now = tokio::time::Instant::now();
+            if shared.as_ref().map_or(0, |s| s.generation) != seen || now >= deadline {
+                return Ok(shared);
+            }
+            tokio::time::sleep(poll.min(deadline - now)).await;
+            poll = (poll * 2).min(Duration::from_millis(400));
+        }
+    }
 
     /// Gives the lease up, if it is still held.
     async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError>;

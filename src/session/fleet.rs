@@ -20,13 +20,12 @@ use super::Session;
 use super::acquire::Source;
 use super::pacing::fleet_pause;
 
-/// The first wait between looks at the shared session while another replica renews; it
-/// doubles up to [`MAX_POLL`].
-const FIRST_POLL: Duration = Duration::from_millis(25);
-const MAX_POLL: Duration = Duration::from_millis(400);
+/// The longest one wait for another replica's set lasts before the lease is tried again (its
+/// holder may have crashed).
+const WAIT_SLICE: Duration = Duration::from_secs(1);
 
 /// The most any coordinator call may take, whatever the coordinator's own timeout: a
-/// coordinator that hangs must not hold a request.
+/// coordinator that hangs must not hold a request. Longer than [`WAIT_SLICE`].
 const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// How a renewal under the lease ended.
@@ -80,21 +79,13 @@ impl Session {
         let local = self.current.load_full();
         let patience = fleet.coordinator.lease_ttl() + self.policy.acquire_timeout;
         let started = tokio::time::Instant::now();
-        let mut poll = FIRST_POLL;
+        let Some(mut shared) = self
+            .coordinate(fleet, fleet.coordinator.read(&fleet.scope))
+            .await
+        else {
+            return Ok(None);
+        };
         loop {
-            let Some(shared) = self
-                .coordinate(fleet, fleet.coordinator.read(&fleet.scope))
-                .await
-            else {
-                return Ok(None);
-            };
-            if let Some(shared) = shared.as_ref().filter(|s| s.unreadable) {
-                self.counters.shared_unreadable();
-                warn!(
-                    generation = shared.generation,
-                    "the shared IQM session holds something this replica cannot read (another format or encryption key); renewing and replacing it"
-                );
-            }
             if let Some(token) = self.adoptable(shared.as_ref(), local.as_deref(), reason) {
                 return Ok(Some((token, Source::Shared)));
             }
@@ -123,15 +114,23 @@ impl Session {
                     UnderLease::LookAgain => {}
                 }
             }
-            if started.elapsed() >= patience {
+            let waited = started.elapsed();
+            if waited >= patience {
                 return Err(AuthError::BudgetExhausted(patience));
             }
-            debug!(
-                ?poll,
-                "another replica renews the shared IQM session; waiting"
-            );
-            tokio::time::sleep(poll).await;
-            poll = (poll * 2).min(MAX_POLL);
+            debug!("another replica renews the shared IQM session; waiting for its set");
+            let seen = shared.as_ref().map_or(0, |s| s.generation);
+            let slice = (patience - waited).min(WAIT_SLICE);
+            let Some(newer) = self
+                .coordinate(
+                    fleet,
+                    fleet.coordinator.wait_for_newer(&fleet.scope, seen, slice),
+                )
+                .await
+            else {
+                return Ok(None);
+            };
+            shared = newer;
         }
     }
 
@@ -152,6 +151,13 @@ impl Session {
         };
         if let Some(token) = self.adoptable(shared.as_ref(), local, reason) {
             return Ok(UnderLease::Acquired((token, Source::Shared)));
+        }
+        if let Some(shared) = shared.as_ref().filter(|s| s.unreadable) {
+            self.counters.shared_unreadable();
+            warn!(
+                generation = shared.generation,
+                "the shared IQM session holds something this replica cannot read (another format or encryption key); renewing and replacing it"
+            );
         }
         let expected = shared.as_ref().map_or(0, |s| s.generation);
         let shared_set = shared
