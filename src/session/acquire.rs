@@ -37,10 +37,9 @@ pub(super) enum Source {
 }
 
 impl Session {
-    /// The one place where tokens are obtained from IQM, within the acquisition budget: the
-    /// refresh-token grant when a refresh token is cached, and a password login when there is
-    /// none or IQM refuses the refresh (a transient refresh failure is returned as it is: IQM is
-    /// in trouble, and a login would only add load).
+    /// The one place where a renewal obtains a token: through the fleet's shared session when
+    /// one is configured and reachable, else on this replica's own, within the acquisition
+    /// budget.
     pub(super) async fn acquire(
         &self,
         reason: RenewReason,
