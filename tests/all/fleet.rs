@@ -8,17 +8,7 @@ use futures::future::join_all;
 use iqm_auth::testing::{Answer, FakeIqm, ManualClock};
 use iqm_auth::{IqmAuth, MemoryCoordinator};
 
-use crate::support::client_with;
-
-async fn get(iqm: &FakeIqm, auth: &IqmAuth) -> u16 {
-    client_with(auth)
-        .get(iqm.url("/x"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
+use crate::support::get_through;
 
 fn replicas(iqm: &FakeIqm, fleet: &MemoryCoordinator, n: usize) -> Vec<IqmAuth> {
     (0..n)
@@ -39,7 +29,7 @@ async fn a_cold_fleet_logs_in_once() {
     let fleet = MemoryCoordinator::default();
     let replicas = replicas(&iqm, &fleet, 8);
 
-    let statuses = join_all(replicas.iter().map(|auth| get(&iqm, auth))).await;
+    let statuses = join_all(replicas.iter().map(|auth| get_through(&iqm, auth))).await;
 
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(iqm.logins(), 1);
@@ -53,11 +43,11 @@ async fn a_401_storm_costs_one_renewal_for_the_fleet() {
     let fleet = MemoryCoordinator::default();
     let replicas = replicas(&iqm, &fleet, 6);
     for auth in &replicas {
-        assert_eq!(get(&iqm, auth).await, 200);
+        assert_eq!(get_through(&iqm, auth).await, 200);
     }
     iqm.revoke_all_access_tokens();
 
-    let statuses = join_all(replicas.iter().map(|auth| get(&iqm, auth))).await;
+    let statuses = join_all(replicas.iter().map(|auth| get_through(&iqm, auth))).await;
 
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!((iqm.logins(), iqm.refreshes()), (1, 1));
@@ -72,14 +62,14 @@ async fn proactive_renewal_happens_once_per_lifetime_for_the_fleet() {
     let fleet = MemoryCoordinator::default();
     let replicas = replicas(&iqm, &fleet, 5);
     for auth in &replicas {
-        assert_eq!(get(&iqm, auth).await, 200);
+        assert_eq!(get_through(&iqm, auth).await, 200);
     }
 
     for _ in 0..3 {
         // Within every replica's jittered margin (30 to 60 s before expiry), still valid.
         clock.advance(Duration::from_secs(3600 - 20));
         for auth in &replicas {
-            assert_eq!(get(&iqm, auth).await, 200);
+            assert_eq!(get_through(&iqm, auth).await, 200);
         }
         // Each replica's early renewal runs in the background; let them finish.
         for auth in &replicas {
@@ -88,7 +78,7 @@ async fn proactive_renewal_happens_once_per_lifetime_for_the_fleet() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         clock.advance(Duration::from_secs(20));
         for auth in &replicas {
-            assert_eq!(get(&iqm, auth).await, 200);
+            assert_eq!(get_through(&iqm, auth).await, 200);
         }
     }
 
@@ -102,11 +92,11 @@ async fn a_logout_ends_the_session_for_the_fleet() {
     let fleet = MemoryCoordinator::default();
     let replicas = replicas(&iqm, &fleet, 4);
     for auth in &replicas {
-        assert_eq!(get(&iqm, auth).await, 200);
+        assert_eq!(get_through(&iqm, auth).await, 200);
     }
 
     replicas[0].logout().await.unwrap();
-    let statuses = join_all(replicas.iter().map(|auth| get(&iqm, auth))).await;
+    let statuses = join_all(replicas.iter().map(|auth| get_through(&iqm, auth))).await;
 
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!((iqm.logins(), iqm.refreshes(), iqm.logouts()), (2, 0, 1));
@@ -120,8 +110,8 @@ async fn two_accounts_on_one_coordinator_never_share_a_session() {
     let a = replicas(&first, &fleet, 1).remove(0);
     let b = replicas(&second, &fleet, 1).remove(0);
 
-    assert_eq!(get(&first, &a).await, 200);
-    assert_eq!(get(&second, &b).await, 200);
+    assert_eq!(get_through(&first, &a).await, 200);
+    assert_eq!(get_through(&second, &b).await, 200);
 
     assert_eq!((first.logins(), second.logins()), (1, 1));
     assert_eq!(b.stats().shared_adoptions, 0);

@@ -7,18 +7,7 @@ use std::time::Duration;
 use iqm_auth::testing::{FakeIqm, ManualClock};
 use iqm_auth::{FileTokenStore, MemoryTokenStore, TokenStore};
 
-use crate::support::client_with;
-
-async fn get(iqm: &FakeIqm, auth: &iqm_auth::IqmAuth) -> u16 {
-    let client = client_with(auth);
-    client
-        .get(iqm.url("/x"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
+use crate::support::get_through;
 
 /// A layer for `iqm` that keeps its session in `store`.
 fn with_store(iqm: &FakeIqm, store: Arc<dyn TokenStore>) -> iqm_auth::IqmAuth {
@@ -30,11 +19,11 @@ async fn a_restarted_process_with_a_valid_stored_session_makes_no_login() {
     let iqm = FakeIqm::start().await.unwrap();
     let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::default());
     let first = with_store(&iqm, store.clone());
-    assert_eq!(get(&iqm, &first).await, 200);
+    assert_eq!(get_through(&iqm, &first).await, 200);
     drop(first);
 
     let restarted = with_store(&iqm, store);
-    assert_eq!(get(&iqm, &restarted).await, 200);
+    assert_eq!(get_through(&iqm, &restarted).await, 200);
 
     assert_eq!((iqm.logins(), iqm.refreshes()), (1, 0));
     assert_eq!(restarted.stats().logins, 0);
@@ -49,7 +38,7 @@ async fn a_file_store_survives_a_restart_and_keeps_the_rotated_refresh_token() {
     let store = || Arc::new(FileTokenStore::new(&path)) as Arc<dyn TokenStore>;
 
     let first = with_store(&iqm, store());
-    assert_eq!(get(&iqm, &first).await, 200);
+    assert_eq!(get_through(&iqm, &first).await, 200);
     // A refresh rotates the refresh token; the store must get the new one.
     first.renew().await.unwrap();
     drop(first);
@@ -63,9 +52,9 @@ async fn a_file_store_survives_a_restart_and_keeps_the_rotated_refresh_token() {
         .clock(clock.clone())
         .build()
         .unwrap();
-    assert_eq!(get(&iqm, &restarted).await, 200);
+    assert_eq!(get_through(&iqm, &restarted).await, 200);
     clock.advance(Duration::from_secs(3600));
-    assert_eq!(get(&iqm, &restarted).await, 200);
+    assert_eq!(get_through(&iqm, &restarted).await, 200);
 
     assert_eq!((iqm.logins(), iqm.refreshes()), (1, 2));
     assert_eq!(restarted.stats().store_errors, 0);
@@ -82,12 +71,12 @@ async fn a_stored_session_whose_access_token_expired_is_renewed_with_its_refresh
         .background_renewal(false)
         .build()
         .unwrap();
-    assert_eq!(get(&iqm, &first).await, 200);
+    assert_eq!(get_through(&iqm, &first).await, 200);
     drop(first);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     let restarted = with_store(&iqm, store);
-    assert_eq!(get(&iqm, &restarted).await, 200);
+    assert_eq!(get_through(&iqm, &restarted).await, 200);
 
     assert_eq!((iqm.logins(), iqm.refreshes()), (1, 1));
 }
@@ -100,7 +89,7 @@ async fn a_corrupt_store_file_is_reported_ignored_and_then_replaced_with_a_good_
     std::fs::write(&path, "{ not json").unwrap();
     let auth = with_store(&iqm, Arc::new(FileTokenStore::new(&path)));
 
-    assert_eq!(get(&iqm, &auth).await, 200);
+    assert_eq!(get_through(&iqm, &auth).await, 200);
 
     assert_eq!(iqm.logins(), 1);
     assert_eq!(auth.stats().store_errors, 1);
@@ -120,7 +109,7 @@ async fn an_unreadable_store_costs_a_login_never_a_failed_request() {
     std::fs::create_dir(&path).unwrap();
     let auth = with_store(&iqm, Arc::new(FileTokenStore::new(&path)));
 
-    assert_eq!(get(&iqm, &auth).await, 200);
+    assert_eq!(get_through(&iqm, &auth).await, 200);
 
     assert_eq!(iqm.logins(), 1);
     assert_eq!(auth.stats().store_errors, 2, "the load and the save failed");
@@ -135,7 +124,7 @@ async fn logout_clears_the_store() {
     let iqm = FakeIqm::start().await.unwrap();
     let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::default());
     let auth = with_store(&iqm, store.clone());
-    assert_eq!(get(&iqm, &auth).await, 200);
+    assert_eq!(get_through(&iqm, &auth).await, 200);
     assert!(store.load().await.unwrap().is_some());
 
     auth.logout().await.unwrap();
@@ -160,10 +149,10 @@ async fn on_new_tokens_sees_every_new_token_set_from_iqm() {
         .build()
         .unwrap();
 
-    assert_eq!(get(&iqm, &auth).await, 200);
+    assert_eq!(get_through(&iqm, &auth).await, 200);
     auth.renew().await.unwrap();
     iqm.revoke_all_access_tokens();
-    assert_eq!(get(&iqm, &auth).await, 200);
+    assert_eq!(get_through(&iqm, &auth).await, 200);
 
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }

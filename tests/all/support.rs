@@ -62,6 +62,18 @@ pub fn client_with(auth: &IqmAuth) -> ClientWithMiddleware {
         .build()
 }
 
+/// GETs a path on `iqm` through a client of its own over `auth`, and returns the status: for
+/// tests with several layers.
+pub async fn get_through(iqm: &FakeIqm, auth: &IqmAuth) -> u16 {
+    client_with(auth)
+        .get(iqm.url("/x"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// The `AuthError` inside a middleware error.
 pub fn auth_error(err: &reqwest_middleware::Error) -> &AuthError {
     match err {
