@@ -37,8 +37,10 @@ impl Session {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Arc<CachedToken>, AuthError>>,
     {
+        let attempts = attempts.max(1);
         let mut last_error = None;
-        for attempt in 1..=attempts.max(1) {
+        let mut attempt = 1;
+        loop {
             if let Some(retry_after) = self.budget.lock().wait_at(self.clock.now()) {
                 warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
                 return Err(last_error.unwrap_or(AuthError::CallBudgetExhausted { retry_after }));
@@ -67,8 +69,8 @@ impl Session {
             warn!(%endpoint, attempt, class = %err.class(), error = %err, backoff = ?wait, "IQM auth call failed; retrying");
             tokio::time::sleep(wait).await;
             last_error = Some(err);
+            attempt += 1;
         }
-        Err(last_error.unwrap_or(AuthError::Interrupted))
     }
 }
 

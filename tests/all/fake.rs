@@ -72,8 +72,7 @@ async fn tokens_expire_at_the_fake_when_its_clock_says_so() {
     let clock = Arc::new(ManualClock::new());
     let iqm = FakeIqm::start_with_clock(clock.clone()).await.unwrap();
     iqm.set_token_lifetime(Duration::from_secs(600));
-    // A layer on the system clock keeps sending the token the fake's clock has expired.
-    let auth = iqm::builder_on_system_clock(&iqm).build().unwrap();
+    let auth = iqm.auth_builder().build().unwrap();
     let token = auth.access_token().await.unwrap();
     let get = || {
         reqwest::Client::new()
@@ -88,17 +87,4 @@ async fn tokens_expire_at_the_fake_when_its_clock_says_so() {
     assert_eq!(get().await.unwrap().status(), 200);
     clock.advance(Duration::from_secs(1));
     assert_eq!(get().await.unwrap().status(), 401);
-}
-
-mod iqm {
-    use iqm_auth::IqmAuthBuilder;
-    use iqm_auth::testing::{CLIENT_ID, CLIENT_SECRET, EMAIL, FakeIqm, PASSWORD, WORKSPACE_HOST};
-
-    pub fn builder_on_system_clock(iqm: &FakeIqm) -> IqmAuthBuilder {
-        iqm_auth::IqmAuth::builder()
-            .base_url(iqm.base_url())
-            .client_credentials(CLIENT_ID, CLIENT_SECRET)
-            .workspace_host(WORKSPACE_HOST)
-            .credentials(EMAIL, PASSWORD)
-    }
 }

@@ -100,13 +100,14 @@ fn a_joining_replica_reads_the_shared_session_and_makes_no_auth_call() {
     assert_eq!((joining.ok, joining.logins, joining.refreshes), (3, 0, 0));
     assert_eq!(joining.adoptions, 1);
     assert_eq!((iqm.logins(), iqm.refreshes()), (1, 0));
-    // One read of the shared session (EVALSHA), after the script cache missed once (EVAL).
+    // One read of the shared session: the read script is already loaded by the first replica.
     let after = redis.command_calls();
-    let scripts = |calls: &std::collections::BTreeMap<String, u64>| {
-        calls.get("evalsha").copied().unwrap_or(0) + calls.get("eval").copied().unwrap_or(0)
-    };
-    assert!(
-        scripts(&after) - scripts(&before) <= 2,
+    let calls =
+        |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    assert_eq!(calls("evalsha"), 1, "{before:?} -> {after:?}");
+    assert_eq!(
+        calls("eval") + calls("script"),
+        0,
         "{before:?} -> {after:?}"
     );
 }
