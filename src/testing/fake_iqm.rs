@@ -1,28 +1,24 @@
 //! A fake IQM on loopback, built on axum: login, the refresh grant (rotating refresh tokens),
-//! logout, sign-up and a protected API, with counters and fault knobs.
+//! logout, sign-up and a protected API, with counters and fault knobs. The server's state and
+//! handlers are in `server.rs`; this file is the handle tests hold.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use base64::Engine;
-use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::IqmAuth;
 use crate::clock::{Clock, SystemClock};
 use crate::config::IqmAuthBuilder;
+
+use super::server::{Shared, login, logout, protected_api, sign_up, token};
 
 /// The client id the fake accepts.
 pub const CLIENT_ID: &str = "fake-client-id";
@@ -36,8 +32,6 @@ pub const EMAIL: &str = "ops@acme.example";
 pub const PASSWORD: &str = "Correct-Horse-1!";
 /// The workspace id the fake's login answers with.
 pub const OW_ID: u64 = 200_001;
-
-const USER_NOT_ALLOWED: &str = "User doesn't exist or user is not allowed to provided workspace.";
 
 /// How the fake answers a login or refresh call that it would otherwise accept.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -80,6 +74,15 @@ pub enum Answer {
     ResetMidBody,
 }
 
+impl Answer {
+    /// Whether the fake acts on the call before it answers this way: a refresh answered so
+    /// rotates the refresh token, as IQM would before its answer is lost on the way (a cut
+    /// connection, a truncated body).
+    pub(super) fn acts(&self) -> bool {
+        matches!(self, Self::Normal | Self::TruncatedJson | Self::ResetMidBody)
+    }
+}
+
 /// What the fake saw of one request to its protected API (never the secrets themselves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -94,88 +97,6 @@ pub struct SeenRequest {
     pub valid_bearer: bool,
     /// Every `X-IAA-OW-ID` value, in order.
     pub ow_ids: Vec<String>,
-}
-
-#[derive(Debug)]
-struct Knobs {
-    token_lifetime: Duration,
-    expires_in: Option<Value>,
-    login_delay: Duration,
-    refresh_delay: Duration,
-    login_answer: Answer,
-    refresh_answer: Answer,
-    login_queue: VecDeque<Answer>,
-    refresh_queue: VecDeque<Answer>,
-    rotate_refresh_tokens: bool,
-    redirects: HashMap<String, String>,
-    api_queue: VecDeque<u16>,
-    rate_limit: Option<u32>,
-}
-
-impl Default for Knobs {
-    fn default() -> Self {
-        Self {
-            token_lifetime: Duration::from_secs(3600),
-            expires_in: None,
-            login_delay: Duration::ZERO,
-            refresh_delay: Duration::ZERO,
-            login_answer: Answer::Normal,
-            refresh_answer: Answer::Normal,
-            login_queue: VecDeque::new(),
-            refresh_queue: VecDeque::new(),
-            rotate_refresh_tokens: true,
-            redirects: HashMap::new(),
-            api_queue: VecDeque::new(),
-            rate_limit: None,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    logins: AtomicU64,
-    refreshes: AtomicU64,
-    logouts: AtomicU64,
-    sign_ups: AtomicU64,
-    api_calls: AtomicU64,
-    unauthorized: AtomicU64,
-    rate_limited: AtomicU64,
-    refresh_reuses: AtomicU64,
-    /// Login and refresh calls answered with a usable token set.
-    good_auth_answers: AtomicU64,
-}
-
-#[derive(Debug, Default)]
-struct Tokens {
-    /// Live access tokens and when they expire on the fake's clock.
-    access: HashMap<String, Instant>,
-    refresh: HashSet<String>,
-    /// Refresh tokens rotated away: presenting one again is a reuse.
-    spent_refresh: HashSet<String>,
-    next: u64,
-}
-
-#[derive(Debug)]
-struct Shared {
-    clock: Arc<dyn Clock>,
-    knobs: Mutex<Knobs>,
-    counters: Counters,
-    tokens: Mutex<Tokens>,
-    invited: Mutex<HashSet<String>>,
-    seen: Mutex<Vec<SeenRequest>>,
-    /// When the calls admitted within the last minute arrived, for the rate limit.
-    admitted: Mutex<VecDeque<Instant>>,
-}
-
-/// The shape of a token answer: each endpoint answers its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    /// `{"success": true, "data": {…, "owId"}}`
-    Login,
-    /// A bare OAuth answer, no envelope and no `owId`.
-    Refresh,
-    /// `{"success": true, "data": {…}}` without `owId`.
-    SignUp,
 }
 
 /// A fake IQM server on `127.0.0.1`, stopped when dropped.
@@ -242,15 +163,9 @@ impl FakeIqm {
     }
 
     async fn serve(clock: Option<Arc<dyn Clock>>) -> io::Result<Self> {
-        let shared = Arc::new(Shared {
-            clock: clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
-            knobs: Mutex::default(),
-            counters: Counters::default(),
-            tokens: Mutex::default(),
-            invited: Mutex::default(),
-            seen: Mutex::default(),
-            admitted: Mutex::default(),
-        });
+        let shared = Arc::new(Shared::new(
+            clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
+        ));
         let app = Router::new()
             .route("/api/v3/ua/login", post(login))
             .route("/api/v3/ua/oauth/token", post(token))
@@ -335,7 +250,9 @@ impl FakeIqm {
         self.shared.counters.rate_limited.load(SeqCst)
     }
     /// Refresh calls that presented a refresh token already spent by an earlier refresh (IQM
-    /// rotates them): a client that does this has lost track of its session.
+    /// rotates them): a client that does this has lost track of its session, and a real OAuth
+    /// server may revoke the whole token family for it. Tests assert it stays 0; see
+    /// [`hold_refresh_answers`](Self::hold_refresh_answers) for an example.
     pub fn refresh_reuses(&self) -> u64 {
         self.shared.counters.refresh_reuses.load(SeqCst)
     }
@@ -367,7 +284,56 @@ impl FakeIqm {
         self.shared.knobs.lock().refresh_delay = delay;
     }
 
-    /// How login calls with correct credentials are answered from now on.
+    /// How long each login call waits after it has issued its token set, before it answers: an
+    /// answer lost after IQM acted, when the wait outlasts the caller's timeout.
+    pub fn hold_login_answers(&self, hold: Duration) {
+        self.shared.knobs.lock().login_hold = hold;
+    }
+
+    /// How long each refresh call waits after it has acted (rotated the refresh token, issued
+    /// a new set), before it answers. Held past the layer's `auth_timeout`, the answer is lost
+    /// after IQM acted: the refresh token presented is spent, and presenting it again shows in
+    /// [`refresh_reuses`](Self::refresh_reuses).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use iqm_auth::testing::FakeIqm;
+    ///
+    /// let iqm = FakeIqm::start().await?;
+    /// let auth = iqm.auth_builder().auth_timeout(Duration::from_millis(200)).build()?;
+    /// auth.access_token().await?;
+    ///
+    /// iqm.hold_refresh_answers(Duration::from_millis(400));
+    /// auth.renew().await?; // the refresh rotates, its answer is lost: the layer logs in
+    /// assert_eq!((iqm.logins(), iqm.refreshes(), iqm.refresh_reuses()), (2, 1, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn hold_refresh_answers(&self, hold: Duration) {
+        self.shared.knobs.lock().refresh_hold = hold;
+    }
+
+    /// How login calls with correct credentials are answered from now on. IQM's refusals come
+    /// as a 4xx or, on some paths, inside a 200 (`Answer::ErrorEnvelope`); the layer takes both
+    /// as a refusal and cools down:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use iqm_auth::testing::{Answer, FakeIqm};
+    ///
+    /// let iqm = FakeIqm::start().await?;
+    /// iqm.set_login_answer(Answer::ErrorEnvelope);
+    /// let auth = iqm.auth_builder().build()?;
+    /// for _ in 0..3 {
+    ///     assert!(auth.access_token().await.is_err());
+    /// }
+    /// assert_eq!(iqm.logins(), 1); // the refusal's cool-down answers the other two
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_login_answer(&self, answer: Answer) {
         self.shared.knobs.lock().login_answer = answer;
     }
@@ -379,7 +345,26 @@ impl FakeIqm {
         self.shared.knobs.lock().login_queue.extend(answers);
     }
 
-    /// How refresh calls with a known refresh token are answered from now on.
+    /// How refresh calls with a known refresh token are answered from now on, for example a
+    /// 429 with IQM's `Retry-After`:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use iqm_auth::testing::{Answer, FakeIqm};
+    ///
+    /// let iqm = FakeIqm::start().await?;
+    /// let auth = iqm.auth_builder().build()?;
+    /// auth.access_token().await?;
+    ///
+    /// iqm.set_refresh_answer(Answer::StatusRetryAfter(429, 30));
+    /// let err = auth.renew().await.unwrap_err();
+    /// assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    /// assert_eq!((iqm.logins(), iqm.refreshes()), (1, 1)); // no login into the same limit
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_refresh_answer(&self, answer: Answer) {
         self.shared.knobs.lock().refresh_answer = answer;
     }
@@ -415,6 +400,25 @@ impl FakeIqm {
     /// auth calls included, as IQM does (about 20): past it, calls are answered
     /// `429 Too Many Requests` with a `Retry-After` of the seconds until a call is admitted
     /// again. Calls answered 429 do not count. `None` (the default) is no limit.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use iqm_auth::testing::FakeIqm;
+    ///
+    /// let iqm = FakeIqm::start().await?;
+    /// iqm.set_rate_limit(Some(2));
+    /// let auth = iqm.auth_builder().build()?;
+    /// let client = iqm_auth::reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(auth)
+    ///     .build();
+    /// // The login is the first call of the minute, this request the second.
+    /// assert_eq!(client.get(iqm.url("/x")).send().await?.status(), 200);
+    /// assert_eq!(client.get(iqm.url("/x")).send().await?.status(), 429);
+    /// assert_eq!(iqm.rate_limited(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_rate_limit(&self, per_minute: Option<u32>) {
         self.shared.knobs.lock().rate_limit = per_minute;
     }
@@ -439,392 +443,4 @@ impl Drop for FakeIqm {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-fn envelope_error(status: StatusCode, error: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"success": false, "errorObjects": [{"error": error}]})),
-    )
-        .into_response()
-}
-
-fn basic_ok(headers: &HeaderMap) -> bool {
-    let expected =
-        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        == Some(expected.as_str())
-}
-
-impl Shared {
-    /// Admits a call under the rate limit, or answers it 429.
-    fn rate_limit(&self) -> Option<Response> {
-        const MINUTE: Duration = Duration::from_secs(60);
-        let limit = self.knobs.lock().rate_limit?;
-        let now = self.clock.now();
-        let mut admitted = self.admitted.lock();
-        while admitted
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
-        {
-            admitted.pop_front();
-        }
-        if admitted.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
-            admitted.push_back(now);
-            return None;
-        }
-        self.counters.rate_limited.fetch_add(1, SeqCst);
-        let free_in = admitted.front().map_or(Duration::ZERO, |oldest| {
-            MINUTE - now.duration_since(*oldest)
-        });
-        let seconds = free_in.as_secs() + u64::from(free_in.subsec_nanos() > 0);
-        let mut response = envelope_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        Some(response)
-    }
-
-    /// Issues a token set and answers it in `shape`, the way `answer` says. `kept_refresh` is
-    /// the refresh token a non-rotating refresh answers with again.
-    fn issue(&self, answer: &Answer, shape: Shape, kept_refresh: Option<String>) -> Response {
-        let (lifetime, expires_in) = {
-            let knobs = self.knobs.lock();
-            let expires_in = knobs
-                .expires_in
-                .clone()
-                .unwrap_or_else(|| expires_in_of(knobs.token_lifetime));
-            (knobs.token_lifetime, expires_in)
-        };
-        let (access, refresh) = {
-            let mut tokens = self.tokens.lock();
-            tokens.next += 1;
-            let n = tokens.next;
-            let access = format!("access-{n:04}-{:016x}", random_u64());
-            let refresh =
-                kept_refresh.unwrap_or_else(|| format!("refresh-{n:04}-{:016x}", random_u64()));
-            let expires = self.clock.now().checked_add(lifetime);
-            if let Some(expires) = expires {
-                tokens.access.insert(access.clone(), expires);
-            }
-            tokens.refresh.insert(refresh.clone());
-            (access, refresh)
-        };
-        let mut data = json!({
-            "access_token": access,
-            "refresh_token": refresh,
-            "scope": "read write",
-            "token_type": "bearer",
-            "expires_in": expires_in,
-        });
-        if shape == Shape::Login {
-            data["owId"] = json!(OW_ID);
-        }
-        let raw = |body: String| (StatusCode::OK, body).into_response();
-        match answer {
-            Answer::Normal => {
-                if shape != Shape::SignUp {
-                    self.counters.good_auth_answers.fetch_add(1, SeqCst);
-                }
-            }
-            Answer::Status(code) => {
-                let status =
-                    StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return envelope_error(status, "Simulated failure");
-            }
-            Answer::StatusRetryAfter(code, seconds) => {
-                let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-                let mut response = envelope_error(status, "Simulated failure");
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
-                return response;
-            }
-            Answer::TruncatedJson => {
-                return raw(r#"{"success":true,"data":{"access_token":"abc"#.to_owned());
-            }
-            Answer::Html => {
-                return (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "text/html")],
-                    "<html><body><h1>Maintenance</h1></body></html>",
-                )
-                    .into_response();
-            }
-            Answer::ErrorEnvelope => {
-                return envelope_error(StatusCode::OK, "Simulated error in a 200");
-            }
-            Answer::MissingAccessToken => {
-                data.as_object_mut().map(|d| d.remove("access_token"));
-            }
-            Answer::EmptyAccessToken => data["access_token"] = json!(""),
-            Answer::HeaderInjection => data["access_token"] = json!("abc\r\nX-Injected: yes"),
-            Answer::MissingOwId => {
-                data.as_object_mut().map(|d| d.remove("owId"));
-            }
-            Answer::Raw(body) => return raw(body.clone()),
-            Answer::Page {
-                status,
-                size,
-                retry_after,
-            } => {
-                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-                let filler = "<p>Service unavailable</p>".repeat(size / 26 + 1);
-                let page = format!("<html><body>{filler}</body></html>");
-                let mut response = (
-                    status,
-                    [(header::CONTENT_TYPE, "text/html")],
-                    page[..(*size).min(page.len())].to_owned(),
-                )
-                    .into_response();
-                if let Some(seconds) = retry_after {
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
-                }
-                return response;
-            }
-            Answer::ResetMidBody => {
-                let chunks: [Result<&'static str, io::Error>; 2] = [
-                    Ok(r#"{"success":true,"data":{"access_token":"#),
-                    Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "cut by the fake",
-                    )),
-                ];
-                let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
-                return (StatusCode::OK, body).into_response();
-            }
-        }
-        let body = match shape {
-            Shape::Login | Shape::SignUp => json!({"success": true, "data": data}),
-            Shape::Refresh => data,
-        };
-        (StatusCode::OK, axum::Json(body)).into_response()
-    }
-}
-
-async fn login(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    shared.counters.logins.fetch_add(1, SeqCst);
-    if let Some(limited) = shared.rate_limit() {
-        return limited;
-    }
-    let (delay, answer) = {
-        let mut knobs = shared.knobs.lock();
-        let answer = knobs
-            .login_queue
-            .pop_front()
-            .unwrap_or_else(|| knobs.login_answer.clone());
-        (knobs.login_delay, answer)
-    };
-    tokio::time::sleep(delay).await;
-    if !basic_ok(&headers) {
-        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
-    }
-    if headers.get("x-iaa-host").and_then(|v| v.to_str().ok()) != Some(WORKSPACE_HOST) {
-        return envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED);
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return envelope_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
-    };
-    if body["grantType"] != "password" || body["email"] != EMAIL || body["password"] != PASSWORD {
-        return envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED);
-    }
-    shared.issue(&answer, Shape::Login, None)
-}
-
-async fn token(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    shared.counters.refreshes.fetch_add(1, SeqCst);
-    if let Some(limited) = shared.rate_limit() {
-        return limited;
-    }
-    let (delay, answer, rotate) = {
-        let mut knobs = shared.knobs.lock();
-        let answer = knobs
-            .refresh_queue
-            .pop_front()
-            .unwrap_or_else(|| knobs.refresh_answer.clone());
-        (knobs.refresh_delay, answer, knobs.rotate_refresh_tokens)
-    };
-    tokio::time::sleep(delay).await;
-    let invalid_grant = |description: &str| {
-        (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "invalid_grant", "error_description": description})),
-        )
-            .into_response()
-    };
-    if !basic_ok(&headers) {
-        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
-    }
-    let Ok(axum::Form(form)) = form else {
-        return invalid_grant("The body is not a form");
-    };
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return invalid_grant("Unsupported grant type");
-    }
-    let Some(presented) = form.get("refresh_token") else {
-        return invalid_grant("Missing refresh token");
-    };
-    {
-        let mut tokens = shared.tokens.lock();
-        if !tokens.refresh.contains(presented) {
-            if tokens.spent_refresh.contains(presented) {
-                shared.counters.refresh_reuses.fetch_add(1, SeqCst);
-            }
-            return invalid_grant("Invalid refresh token");
-        }
-        if rotate && answer == Answer::Normal {
-            tokens.refresh.remove(presented);
-            tokens.spent_refresh.insert(presented.clone());
-        }
-    }
-    let keep = (!rotate).then(|| presented.clone());
-    shared.issue(&answer, Shape::Refresh, keep)
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-}
-
-fn live(shared: &Shared, headers: &HeaderMap) -> bool {
-    bearer(headers).is_some_and(|token| {
-        shared
-            .tokens
-            .lock()
-            .access
-            .get(token)
-            .is_some_and(|expires| shared.clock.now() < *expires)
-    })
-}
-
-async fn logout(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    shared.counters.logouts.fetch_add(1, SeqCst);
-    if let Some(limited) = shared.rate_limit() {
-        return limited;
-    }
-    if !live(&shared, &headers) {
-        return envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized");
-    }
-    if let Some(token) = bearer(&headers) {
-        shared.tokens.lock().access.remove(token);
-    }
-    axum::Json(json!({"success": true, "data": "User logged out successfully."})).into_response()
-}
-
-async fn sign_up(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    shared.counters.sign_ups.fetch_add(1, SeqCst);
-    if let Some(limited) = shared.rate_limit() {
-        return limited;
-    }
-    if !basic_ok(&headers) {
-        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return envelope_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
-    };
-    let (Some(email), Some(password)) = (body["email"].as_str(), body["password"].as_str()) else {
-        return envelope_error(StatusCode::BAD_REQUEST, "email and password are required");
-    };
-    if !shared.invited.lock().contains(email) {
-        return envelope_error(
-            StatusCode::FORBIDDEN,
-            "User is not invited to this workspace.",
-        );
-    }
-    let strong = password.chars().count() >= 8
-        && password.chars().any(|c| c.is_uppercase())
-        && password.chars().any(|c| c.is_lowercase())
-        && password.chars().any(|c| !c.is_alphanumeric());
-    if !strong {
-        return envelope_error(
-            StatusCode::BAD_REQUEST,
-            "Password must have at least 8 characters, one upper-case, one lower-case and one special character.",
-        );
-    }
-    shared.issue(&Answer::Normal, Shape::SignUp, None)
-}
-
-async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    shared.counters.api_calls.fetch_add(1, SeqCst);
-    if let Some(limited) = shared.rate_limit() {
-        return limited;
-    }
-    let headers = request.headers();
-    let (redirect, queued) = {
-        let mut knobs = shared.knobs.lock();
-        let redirect = knobs.redirects.get(request.uri().path()).cloned();
-        (redirect, knobs.api_queue.pop_front())
-    };
-    let ow_ids: Vec<String> = headers
-        .get_all("x-iaa-ow-id")
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    let valid_bearer = live(&shared, headers);
-    shared.seen.lock().push(SeenRequest {
-        method: request.method().to_string(),
-        path: request.uri().path().to_owned(),
-        has_authorization: headers.contains_key(header::AUTHORIZATION),
-        valid_bearer,
-        ow_ids: ow_ids.clone(),
-    });
-    if let Some(status) = queued {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return envelope_error(status, "Simulated API failure");
-    }
-    if let Some(location) = redirect {
-        return (
-            StatusCode::TEMPORARY_REDIRECT,
-            [(header::LOCATION, location)],
-        )
-            .into_response();
-    }
-    if !valid_bearer {
-        shared.counters.unauthorized.fetch_add(1, SeqCst);
-        return envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized");
-    }
-    let [ow_id] = ow_ids.as_slice() else {
-        return envelope_error(
-            StatusCode::BAD_REQUEST,
-            "Exactly one X-IAA-OW-ID header is required.",
-        );
-    };
-    if ow_id.parse::<u64>().is_err() {
-        return envelope_error(
-            StatusCode::BAD_REQUEST,
-            "X-IAA-OW-ID must be a workspace id.",
-        );
-    }
-    axum::Json(json!({
-        "success": true,
-        "data": {"method": request.method().as_str(), "path": request.uri().path(), "owId": ow_id},
-    }))
-    .into_response()
-}
-
-/// Whole seconds as IQM sends them; a sub-second test lifetime as a float.
-fn expires_in_of(lifetime: Duration) -> Value {
-    if lifetime.subsec_nanos() == 0 {
-        json!(lifetime.as_secs())
-    } else {
-        json!(lifetime.as_secs_f64())
-    }
-}
-
-/// Token material that differs between runs, without a dependency for it.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(Instant::now())
 }

@@ -21,6 +21,7 @@
 
 mod clock;
 mod fake_iqm;
+mod server;
 
 pub use clock::ManualClock;
 pub use fake_iqm::{

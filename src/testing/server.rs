@@ -1,0 +1,512 @@
+//! The fake IQM's state and its HTTP handlers: what it checks, counts and answers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use crate::clock::Clock;
+
+use super::fake_iqm::{Answer, CLIENT_ID, CLIENT_SECRET, EMAIL, OW_ID, PASSWORD, SeenRequest, WORKSPACE_HOST};
+
+const USER_NOT_ALLOWED: &str = "User doesn't exist or user is not allowed to provided workspace.";
+
+#[derive(Debug)]
+pub(super) struct Knobs {
+    pub(super) token_lifetime: Duration,
+    pub(super) expires_in: Option<Value>,
+    pub(super) login_delay: Duration,
+    pub(super) refresh_delay: Duration,
+    pub(super) login_hold: Duration,
+    pub(super) refresh_hold: Duration,
+    pub(super) login_answer: Answer,
+    pub(super) refresh_answer: Answer,
+    pub(super) login_queue: VecDeque<Answer>,
+    pub(super) refresh_queue: VecDeque<Answer>,
+    pub(super) rotate_refresh_tokens: bool,
+    pub(super) redirects: HashMap<String, String>,
+    pub(super) api_queue: VecDeque<u16>,
+    pub(super) rate_limit: Option<u32>,}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            token_lifetime: Duration::from_secs(3600),
+            expires_in: None,
+            login_delay: Duration::ZERO,
+            refresh_delay: Duration::ZERO,
+            login_hold: Duration::ZERO,
+            refresh_hold: Duration::ZERO,
+            login_answer: Answer::Normal,
+            refresh_answer: Answer::Normal,
+            login_queue: VecDeque::new(),
+            refresh_queue: VecDeque::new(),
+            rotate_refresh_tokens: true,
+            redirects: HashMap::new(),
+            api_queue: VecDeque::new(),
+            rate_limit: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) logins: AtomicU64,
+    pub(super) refreshes: AtomicU64,
+    pub(super) logouts: AtomicU64,
+    pub(super) sign_ups: AtomicU64,
+    pub(super) api_calls: AtomicU64,
+    pub(super) unauthorized: AtomicU64,
+    pub(super) rate_limited: AtomicU64,
+    pub(super) refresh_reuses: AtomicU64,
+    /// Login and refresh calls answered with a usable token set.
+    pub(super) good_auth_answers: AtomicU64,}
+
+#[derive(Debug, Default)]
+pub(super) struct Tokens {
+    /// Live access tokens and when they expire on the fake's clock.
+    pub(super) access: HashMap<String, Instant>,
+    pub(super) refresh: HashSet<String>,
+    /// Refresh tokens rotated away: presenting one again is a reuse.
+    pub(super) spent_refresh: HashSet<String>,
+    pub(super) next: u64,}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) knobs: Mutex<Knobs>,
+    pub(super) counters: Counters,
+    pub(super) tokens: Mutex<Tokens>,
+    pub(super) invited: Mutex<HashSet<String>>,
+    pub(super) seen: Mutex<Vec<SeenRequest>>,
+    /// When the calls admitted within the last minute arrived, for the rate limit.
+    pub(super) admitted: Mutex<VecDeque<Instant>>,}
+
+/// The shape of a token answer: each endpoint answers its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// `{"success": true, "data": {…, "owId"}}`
+    Login,
+    /// A bare OAuth answer, no envelope and no `owId`.
+    Refresh,
+    /// `{"success": true, "data": {…}}` without `owId`.
+    SignUp,
+}
+
+fn envelope_error(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"success": false, "errorObjects": [{"error": error}]})),
+    )
+        .into_response()
+}
+
+fn basic_ok(headers: &HeaderMap) -> bool {
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        == Some(expected.as_str())
+}
+
+impl Shared {
+    pub(super) fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            knobs: Mutex::default(),
+            counters: Counters::default(),
+            tokens: Mutex::default(),
+            invited: Mutex::default(),
+            seen: Mutex::default(),
+            admitted: Mutex::default(),
+        }
+    }
+
+    /// Admits a call under the rate limit, or answers it 429.
+    fn rate_limit(&self) -> Option<Response> {
+        const MINUTE: Duration = Duration::from_secs(60);
+        let limit = self.knobs.lock().rate_limit?;
+        let now = self.clock.now();
+        let mut admitted = self.admitted.lock();
+        while admitted
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
+        {
+            admitted.pop_front();
+        }
+        if admitted.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+            admitted.push_back(now);
+            return None;
+        }
+        self.counters.rate_limited.fetch_add(1, SeqCst);
+        let free_in = admitted.front().map_or(Duration::ZERO, |oldest| {
+            MINUTE - now.duration_since(*oldest)
+        });
+        let seconds = free_in.as_secs() + u64::from(free_in.subsec_nanos() > 0);
+        let mut response = envelope_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        Some(response)
+    }
+
+    /// Issues a token set and answers it in `shape`, the way `answer` says. `kept_refresh` is
+    /// the refresh token a non-rotating refresh answers with again.
+    fn issue(&self, answer: &Answer, shape: Shape, kept_refresh: Option<String>) -> Response {
+        let (lifetime, expires_in) = {
+            let knobs = self.knobs.lock();
+            let expires_in = knobs
+                .expires_in
+                .clone()
+                .unwrap_or_else(|| expires_in_of(knobs.token_lifetime));
+            (knobs.token_lifetime, expires_in)
+        };
+        let (access, refresh) = {
+            let mut tokens = self.tokens.lock();
+            tokens.next += 1;
+            let n = tokens.next;
+            let access = format!("access-{n:04}-{:016x}", random_u64());
+            let refresh =
+                kept_refresh.unwrap_or_else(|| format!("refresh-{n:04}-{:016x}", random_u64()));
+            let expires = self.clock.now().checked_add(lifetime);
+            if let Some(expires) = expires {
+                tokens.access.insert(access.clone(), expires);
+            }
+            tokens.refresh.insert(refresh.clone());
+            (access, refresh)
+        };
+        let mut data = json!({
+            "access_token": access,
+            "refresh_token": refresh,
+            "scope": "read write",
+            "token_type": "bearer",
+            "expires_in": expires_in,
+        });
+        if shape == Shape::Login {
+            data["owId"] = json!(OW_ID);
+        }
+        let raw = |body: String| (StatusCode::OK, body).into_response();
+        match answer {
+            Answer::Normal => {
+                if shape != Shape::SignUp {
+                    self.counters.good_auth_answers.fetch_add(1, SeqCst);
+                }
+            }
+            Answer::Status(code) => {
+                let status =
+                    StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return envelope_error(status, "Simulated failure");
+            }
+            Answer::StatusRetryAfter(code, seconds) => {
+                let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+                let mut response = envelope_error(status, "Simulated failure");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+                return response;
+            }
+            Answer::TruncatedJson => {
+                return raw(r#"{"success":true,"data":{"access_token":"abc"#.to_owned());
+            }
+            Answer::Html => {
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html><body><h1>Maintenance</h1></body></html>",
+                )
+                    .into_response();
+            }
+            Answer::ErrorEnvelope => {
+                return envelope_error(StatusCode::OK, "Simulated error in a 200");
+            }
+            Answer::MissingAccessToken => {
+                data.as_object_mut().map(|d| d.remove("access_token"));
+            }
+            Answer::EmptyAccessToken => data["access_token"] = json!(""),
+            Answer::HeaderInjection => data["access_token"] = json!("abc\r\nX-Injected: yes"),
+            Answer::MissingOwId => {
+                data.as_object_mut().map(|d| d.remove("owId"));
+            }
+            Answer::Raw(body) => return raw(body.clone()),
+            Answer::Page {
+                status,
+                size,
+                retry_after,
+            } => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                let filler = "<p>Service unavailable</p>".repeat(size / 26 + 1);
+                let page = format!("<html><body>{filler}</body></html>");
+                let mut response = (
+                    status,
+                    [(header::CONTENT_TYPE, "text/html")],
+                    page[..(*size).min(page.len())].to_owned(),
+                )
+                    .into_response();
+                if let Some(seconds) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+                }
+                return response;
+            }
+            Answer::ResetMidBody => {
+                let chunks: [Result<&'static str, io::Error>; 2] = [
+                    Ok(r#"{"success":true,"data":{"access_token":"#),
+                    Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "cut by the fake",
+                    )),
+                ];
+                let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+                return (StatusCode::OK, body).into_response();
+            }
+        }
+        let body = match shape {
+            Shape::Login | Shape::SignUp => json!({"success": true, "data": data}),
+            Shape::Refresh => data,
+        };
+        (StatusCode::OK, axum::Json(body)).into_response()
+    }
+}
+
+pub(super) async fn login(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    shared.counters.logins.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
+    let (delay, hold, answer) = {
+        let mut knobs = shared.knobs.lock();
+        let answer = knobs
+            .login_queue
+            .pop_front()
+            .unwrap_or_else(|| knobs.login_answer.clone());
+        (knobs.login_delay, knobs.login_hold, answer)
+    };
+    tokio::time::sleep(delay).await;
+    if !basic_ok(&headers) {
+        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
+    }
+    if headers.get("x-iaa-host").and_then(|v| v.to_str().ok()) != Some(WORKSPACE_HOST) {
+        return envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED);
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return envelope_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
+    };
+    if body["grantType"] != "password" || body["email"] != EMAIL || body["password"] != PASSWORD {
+        return envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED);
+    }
+    let response = shared.issue(&answer, Shape::Login, None);
+    tokio::time::sleep(hold).await;
+    response
+}
+
+pub(super) async fn token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    shared.counters.refreshes.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
+    let (delay, hold, answer, rotate) = {
+        let mut knobs = shared.knobs.lock();
+        let answer = knobs
+            .refresh_queue
+            .pop_front()
+            .unwrap_or_else(|| knobs.refresh_answer.clone());
+        (
+            knobs.refresh_delay,
+            knobs.refresh_hold,
+            answer,
+            knobs.rotate_refresh_tokens,
+        )
+    };
+    tokio::time::sleep(delay).await;
+    let invalid_grant = |description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": description})),
+        )
+            .into_response()
+    };
+    if !basic_ok(&headers) {
+        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
+    }
+    let Ok(axum::Form(form)) = form else {
+        return invalid_grant("The body is not a form");
+    };
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return invalid_grant("Unsupported grant type");
+    }
+    let Some(presented) = form.get("refresh_token") else {
+        return invalid_grant("Missing refresh token");
+    };
+    {
+        let mut tokens = shared.tokens.lock();
+        if !tokens.refresh.contains(presented) {
+            if tokens.spent_refresh.contains(presented) {
+                shared.counters.refresh_reuses.fetch_add(1, SeqCst);
+            }
+            return invalid_grant("Invalid refresh token");
+        }
+        if rotate && answer.acts() {
+            tokens.refresh.remove(presented);
+            tokens.spent_refresh.insert(presented.clone());
+        }
+    }
+    let keep = (!rotate).then(|| presented.clone());
+    let response = shared.issue(&answer, Shape::Refresh, keep);
+    tokio::time::sleep(hold).await;
+    response
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn live(shared: &Shared, headers: &HeaderMap) -> bool {
+    bearer(headers).is_some_and(|token| {
+        shared
+            .tokens
+            .lock()
+            .access
+            .get(token)
+            .is_some_and(|expires| shared.clock.now() < *expires)
+    })
+}
+
+pub(super) async fn logout(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    shared.counters.logouts.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
+    if !live(&shared, &headers) {
+        return envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    if let Some(token) = bearer(&headers) {
+        shared.tokens.lock().access.remove(token);
+    }
+    axum::Json(json!({"success": true, "data": "User logged out successfully."})).into_response()
+}
+
+pub(super) async fn sign_up(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    shared.counters.sign_ups.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
+    if !basic_ok(&headers) {
+        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return envelope_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
+    };
+    let (Some(email), Some(password)) = (body["email"].as_str(), body["password"].as_str()) else {
+        return envelope_error(StatusCode::BAD_REQUEST, "email and password are required");
+    };
+    if !shared.invited.lock().contains(email) {
+        return envelope_error(
+            StatusCode::FORBIDDEN,
+            "User is not invited to this workspace.",
+        );
+    }
+    let strong = password.chars().count() >= 8
+        && password.chars().any(|c| c.is_uppercase())
+        && password.chars().any(|c| c.is_lowercase())
+        && password.chars().any(|c| !c.is_alphanumeric());
+    if !strong {
+        return envelope_error(
+            StatusCode::BAD_REQUEST,
+            "Password must have at least 8 characters, one upper-case, one lower-case and one special character.",
+        );
+    }
+    shared.issue(&Answer::Normal, Shape::SignUp, None)
+}
+
+pub(super) async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    shared.counters.api_calls.fetch_add(1, SeqCst);
+    if let Some(limited) = shared.rate_limit() {
+        return limited;
+    }
+    let headers = request.headers();
+    let (redirect, queued) = {
+        let mut knobs = shared.knobs.lock();
+        let redirect = knobs.redirects.get(request.uri().path()).cloned();
+        (redirect, knobs.api_queue.pop_front())
+    };
+    let ow_ids: Vec<String> = headers
+        .get_all("x-iaa-ow-id")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let valid_bearer = live(&shared, headers);
+    shared.seen.lock().push(SeenRequest {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+        has_authorization: headers.contains_key(header::AUTHORIZATION),
+        valid_bearer,
+        ow_ids: ow_ids.clone(),
+    });
+    if let Some(status) = queued {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return envelope_error(status, "Simulated API failure");
+    }
+    if let Some(location) = redirect {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response();
+    }
+    if !valid_bearer {
+        shared.counters.unauthorized.fetch_add(1, SeqCst);
+        return envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let [ow_id] = ow_ids.as_slice() else {
+        return envelope_error(
+            StatusCode::BAD_REQUEST,
+            "Exactly one X-IAA-OW-ID header is required.",
+        );
+    };
+    if ow_id.parse::<u64>().is_err() {
+        return envelope_error(
+            StatusCode::BAD_REQUEST,
+            "X-IAA-OW-ID must be a workspace id.",
+        );
+    }
+    axum::Json(json!({
+        "success": true,
+        "data": {"method": request.method().as_str(), "path": request.uri().path(), "owId": ow_id},
+    }))
+    .into_response()
+}
+
+/// Whole seconds as IQM sends them; a sub-second test lifetime as a float.
+fn expires_in_of(lifetime: Duration) -> Value {
+    if lifetime.subsec_nanos() == 0 {
+        json!(lifetime.as_secs())
+    } else {
+        json!(lifetime.as_secs_f64())
+    }
+}
+
+/// Token material that differs between runs, without a dependency for it.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
