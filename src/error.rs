@@ -216,6 +216,20 @@ impl AuthError {
         }
     }
 
+    /// The same error with its `retry_after`, if it has one, cut to `left`: an error handed to
+    /// callers again later tells the time still left, not the time it first said.
+    pub(crate) fn retry_after_at_most(mut self, left: Duration) -> Self {
+        match &mut self {
+            Self::Rejected {
+                retry_after: Some(wait),
+                ..
+            }
+            | Self::CallBudgetExhausted { retry_after: wait } => *wait = (*wait).min(left),
+            _ => {}
+        }
+        self
+    }
+
     pub(crate) fn invalid(endpoint: AuthEndpoint, status: StatusCode, problem: &str) -> Self {
         Self::InvalidResponse {
             endpoint,

@@ -97,7 +97,7 @@ impl Session {
         }
         let now = self.clock.now();
         if let Some(err) = slot.pacing.blocked_at(now) {
-            return Err(err.clone());
+            return Err(err);
         }
         // With a shared session a renewal may need no auth call (another replica's set), so
         // the budget is left to guard each call.

@@ -40,15 +40,11 @@ impl Pacing {
                 .min(MAX_OUTAGE_PAUSE),
         };
         let rate_limited = err.status() == Some(StatusCode::TOO_MANY_REQUESTS);
-        // A 4xx refusal of the login: the credentials are wrong, and will stay wrong for a while.
-        let rejected_credentials = err.class() == FailureClass::Rejected
-            && err.endpoint() == Some(AuthEndpoint::Login)
-            && err.status().is_some_and(|status| status.is_client_error());
-        let pause = if rejected_credentials {
-            let doublings = self.rejections_in_a_row.saturating_sub(1).min(32);
+        let pause = if refuses_credentials(err) {
+            let doublings = self.rejections_in_a_row.saturating_sub(1);
             policy
                 .rejection_cool_down
-                .saturating_mul(1 << doublings)
+                .saturating_mul(1u32.checked_shl(doublings).unwrap_or(u32::MAX))
                 .min(
                     policy
                         .max_rejection_cool_down
@@ -79,7 +75,7 @@ impl Pacing {
             return;
         }
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
-        if err.class() == FailureClass::Rejected && err.endpoint() == Some(AuthEndpoint::Login) {
+        if refuses_credentials(err) {
             self.rejections_in_a_row = self.rejections_in_a_row.saturating_add(1);
         }
         let pause = self.pause_after(err, policy);
@@ -92,13 +88,24 @@ impl Pacing {
         self.blocked = Some((until, err.clone()));
     }
 
-    /// The error callers get at `now` instead of a renewal, while renewals are paused.
-    pub(super) fn blocked_at(&self, now: Instant) -> Option<&AuthError> {
+    /// The error callers get at `now` instead of a renewal, while renewals are paused: the
+    /// error that paused them, its `retry_after` (if it had one) counting down to the end of
+    /// the pause.
+    pub(super) fn blocked_at(&self, now: Instant) -> Option<AuthError> {
         match &self.blocked {
-            Some((until, err)) if now < *until => Some(err),
+            Some((until, err)) if now < *until => {
+                Some(err.clone().retry_after_at_most(*until - now))
+            }
             _ => None,
         }
     }
+}
+
+/// Whether IQM refused the login itself: the credentials (or the account) are wrong, and will
+/// stay wrong for a while. A 4xx other than 408 and 429, and equally a refusal inside a 2xx
+/// (`"success": false`), which IQM sends on some paths.
+fn refuses_credentials(err: &AuthError) -> bool {
+    err.class() == FailureClass::Rejected && err.endpoint() == Some(AuthEndpoint::Login)
 }
 
 /// How long a whole fleet pauses its renewals after the lease holder's renewal failed with
@@ -181,6 +188,40 @@ mod tests {
         pacing.record(Ok(()), t0, &policy());
         pacing.record(Err(&rejected), t0, &policy());
         assert!(pacing.blocked_at(t0 + Duration::from_secs(30)).is_none());
+    }
+
+    #[test]
+    fn the_cool_down_stays_at_its_maximum_however_many_refusals_follow() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        let rejected = failure(AuthEndpoint::Login, 403, None);
+        for _ in 0..100 {
+            pacing.record(Err(&rejected), t0, &policy());
+        }
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(899)).is_some());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(900)).is_none());
+    }
+
+    #[test]
+    fn a_refusal_inside_a_200_cools_down_like_a_4xx() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.record(Err(&failure(AuthEndpoint::Login, 200, None)), t0, &policy());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(29)).is_some());
+        assert!(pacing.blocked_at(t0 + Duration::from_secs(30)).is_none());
+    }
+
+    #[test]
+    fn a_paused_error_counts_its_retry_after_down() {
+        let t0 = Instant::now();
+        let mut pacing = Pacing::default();
+        pacing.record(
+            Err(&failure(AuthEndpoint::Refresh, 429, Some(30))),
+            t0,
+            &policy(),
+        );
+        let later = pacing.blocked_at(t0 + Duration::from_secs(12)).unwrap();
+        assert_eq!(later.retry_after(), Some(Duration::from_secs(18)));
     }
 
     #[test]
