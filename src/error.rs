@@ -216,6 +216,18 @@ impl AuthError {
         }
     }
 
+    /// Whether IQM provably did not act on the call: the connection was never made, or IQM
+    /// answered with a non-2xx status. Any other failure (a timeout after the call was sent, a
+    /// connection cut before the whole answer arrived, a 2xx answer that could not be read)
+    /// leaves the outcome unknown: IQM may have acted, say rotated a refresh token.
+    pub(crate) fn iqm_did_not_act(&self) -> bool {
+        match self {
+            Self::Transport { source, .. } => source.is_connect(),
+            Self::Rejected { status, .. } => !status.is_success(),
+            _ => false,
+        }
+    }
+
     /// The same error with its `retry_after`, if it has one, cut to `left`: an error handed to
     /// callers again later tells the time still left, not the time it first said.
     pub(crate) fn retry_after_at_most(mut self, left: Duration) -> Self {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::FutureExt;
 use tracing::{info, warn};
 
-use crate::error::{AuthEndpoint, AuthError, FailureClass};
+use crate::error::{AuthEndpoint, AuthError};
 use crate::secret::Secret;
 use crate::stats::RenewReason;
 use crate::store::{NewTokensHook, StoreError, StoredTokens};
@@ -101,62 +101,9 @@ impl Session {
         Ok(token)
     }
 
-    /// The refresh-token grant for `previous`, if it has a refresh token IQM has not refused.
-    /// `Ok(None)`: log in instead.
-    ///
-    /// Invariant: a refresh token IQM refused is never presented again. A transient failure is
-    /// returned as it is while the token is still valid (IQM is in trouble, and a login would
-    /// only add load); once the token has expired, refresh gets one try and then a login does,
-    /// so that a broken refresh endpoint cannot keep the service down.
-    async fn refresh(
-        &self,
-        reason: RenewReason,
-        previous: Option<&CachedToken>,
-    ) -> Result<Option<Arc<CachedToken>>, AuthError> {
-        let refused = self.refused_refresh.load(Ordering::Relaxed);
-        let Some(previous) = previous.filter(|p| p.generation != refused) else {
-            return Ok(None);
-        };
-        let Some(refresh_token) = &previous.refresh_token else {
-            return Ok(None);
-        };
-        let expired = previous.deadlines.freshness(self.clock.now()) == Freshness::Expired;
-        let attempts = if expired {
-            1
-        } else {
-            self.policy.auth_attempts
-        };
-        let refreshed = self
-            .with_retries(AuthEndpoint::Refresh, attempts, || async {
-                self.counters.refresh();
-                let issued = self.clock.now();
-                let set = self.api.refresh(refresh_token).await?;
-                self.cached_from_answer(set, issued, Some(previous))
-            })
-            .await;
-        match refreshed {
-            Ok(token) => {
-                info!(%reason, "refreshed the IQM token");
-                Ok(Some(token))
-            }
-            Err(err) if err.class() == FailureClass::Throttled => Err(err),
-            Err(err) if err.is_transient() && !expired => Err(err),
-            Err(err) if err.is_transient() => {
-                warn!(class = %err.class(), error = %err, "the IQM token refresh failed after the token expired; logging in");
-                Ok(None)
-            }
-            Err(err) => {
-                self.refused_refresh
-                    .store(previous.generation, Ordering::Relaxed);
-                warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in again");
-                Ok(None)
-            }
-        }
-    }
-
     /// Builds the cached form of a token set. `refreshed_from` is the token a refresh answer
     /// renews: its `owId` is kept, and so is its refresh token unless IQM rotated it.
-    fn cached_from_answer(
+    pub(super) fn cached_from_answer(
         &self,
         set: TokenSet,
         issued: Instant,

@@ -1,8 +1,9 @@
 //! The budget for failed auth calls. IQM allows about 20 requests a minute per account, auth
 //! calls included: a layer that retried every failure would eat that limit during an outage or
-//! with a wrong password. Every login or refresh call that does not yield a usable token takes
-//! from this budget; while it is spent, no auth call is sent. Successful calls take nothing, so
-//! a token that lives its life is always renewed when it must be.
+//! with a wrong password. Every login or refresh call takes from this budget before it is sent,
+//! and gives it back if it yields a usable token; while the budget is spent, no auth call is
+//! sent. So a call that hangs, or is cut off by a timeout, counts as failed, calls in flight
+//! count, and a token that lives its life is always renewed when it must be.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -57,8 +58,26 @@ impl CallBudget {
         }
     }
 
+    /// Takes one call at `now` from the budget, before it is sent; give it back with
+    /// [`refund`](Self::refund) if it succeeds.
+    pub(super) fn reserve(&mut self, now: Instant) -> Reservation {
+        self.charge(now);
+        Reservation(now)
+    }
+
+    /// Gives back a reserved call that yielded a usable token.
+    pub(super) fn refund(&mut self, reservation: Reservation) {
+        if let Some(at) = self.recent.iter().rposition(|t| *t == reservation.0) {
+            self.recent.remove(at);
+        }
+        let interval = self.interval();
+        self.full_at = self
+            .full_at
+            .and_then(|full_at| full_at.checked_sub(interval));
+    }
+
     /// Takes one failed call at `now` from the budget.
-    pub(super) fn charge(&mut self, now: Instant) {
+    fn charge(&mut self, now: Instant) {
         let start = self.full_at.filter(|full_at| *full_at > now).unwrap_or(now);
         self.full_at = Some(start + self.interval());
         while self
@@ -75,6 +94,11 @@ impl CallBudget {
     }
 }
 
+/// A call taken from the budget before it was sent.
+#[derive(Debug)]
+#[must_use = "a reservation is kept, as a failed call, unless it is refunded"]
+pub(super) struct Reservation(Instant);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,12 +111,12 @@ mod tests {
         let mut budget = CallBudget::new(10, 3);
         for _ in 0..3 {
             assert_eq!(budget.wait_at(t0), None);
-            budget.charge(t0);
+            let _ = budget.reserve(t0);
         }
         assert_eq!(budget.wait_at(t0), Some(S(6)));
         assert_eq!(budget.wait_at(t0 + S(5)), Some(S(1)));
         assert_eq!(budget.wait_at(t0 + S(6)), None);
-        budget.charge(t0 + S(6));
+        let _ = budget.reserve(t0 + S(6));
         assert_eq!(budget.wait_at(t0 + S(6)), Some(S(6)));
     }
 
@@ -105,7 +129,7 @@ mod tests {
             for tenth in 0..6000u64 {
                 let now = t0 + Duration::from_millis(tenth * 100);
                 if budget.wait_at(now).is_none() {
-                    budget.charge(now);
+                    let _failed = budget.reserve(now);
                     calls.push(now);
                 }
             }
@@ -130,11 +154,27 @@ mod tests {
     fn the_wait_says_exactly_when_the_next_call_is_allowed() {
         let t0 = Instant::now();
         let mut budget = CallBudget::new(2, 2);
-        budget.charge(t0);
-        budget.charge(t0 + S(1));
+        let _ = budget.reserve(t0);
+        let _ = budget.reserve(t0 + S(1));
         let wait = budget.wait_at(t0 + S(1)).unwrap();
         assert_eq!(wait, S(59));
         assert!(budget.wait_at(t0 + S(1) + wait).is_none());
+    }
+
+    #[test]
+    fn a_refunded_call_takes_nothing_and_calls_in_flight_count() {
+        let t0 = Instant::now();
+        let mut budget = CallBudget::new(10, 3);
+        let in_flight: Vec<Reservation> = (0..3).map(|_| budget.reserve(t0)).collect();
+        assert_eq!(budget.wait_at(t0), Some(S(6)), "three calls in flight");
+        for reservation in in_flight {
+            budget.refund(reservation);
+        }
+        assert_eq!(budget.wait_at(t0), None);
+        for _ in 0..3 {
+            let _failed = budget.reserve(t0);
+        }
+        assert_eq!(budget.wait_at(t0), Some(S(6)));
     }
 
     #[test]
@@ -142,12 +182,12 @@ mod tests {
         let t0 = Instant::now();
         let mut budget = CallBudget::new(10, 3);
         for _ in 0..3 {
-            budget.charge(t0);
+            let _ = budget.reserve(t0);
         }
         let later = t0 + S(3600);
         for _ in 0..3 {
             assert_eq!(budget.wait_at(later), None);
-            budget.charge(later);
+            let _ = budget.reserve(later);
         }
         assert!(budget.wait_at(later).is_some());
     }

@@ -7,9 +7,12 @@
 //! - [`flight`]: the single flight. At most one renewal runs at a time, in a task of its own, so
 //!   a caller that gives up never cancels it for the others; concurrent callers that saw the
 //!   same stale token cause one renewal and all get its outcome.
-//! - [`acquire`]: what one renewal does. Refresh grant first, login as fallback, a refused
-//!   refresh token never tried again, the token store read once and written after every new set.
-//! - [`retry`]: retries of one auth call within a renewal, with backoff and jitter.
+//! - [`acquire`]: what one renewal does. Refresh grant first, login as fallback, the token store
+//!   read before the first login and written after every new set.
+//! - [`refresh`]: the refresh grant. A refresh token is never presented twice unless IQM
+//!   provably did not act on it, and a failing refresh gives way to a login.
+//! - [`retry`]: the budget check around every auth call, and retries of a login within a
+//!   renewal, with backoff and jitter.
 //! - [`pacing`]: pauses between renewals after failures, so an outage or a wrong password costs
 //!   a bounded number of auth calls.
 //! - [`budget`]: the budget for failed auth calls, so that no fault can spend more than a set
@@ -22,6 +25,7 @@ mod budget;
 mod fleet;
 mod flight;
 mod pacing;
+mod refresh;
 mod renewer;
 mod retry;
 
@@ -83,8 +87,8 @@ pub(crate) struct Session {
     /// Whether the warning about `expires_in` 0 was logged (it is logged once, not per request).
     warned_zero_lifetime: AtomicBool,
     next_generation: AtomicU64,
-    /// The generation whose refresh token IQM refused; it is not tried again (0: none).
-    refused_refresh: AtomicU64,
+    /// Refresh tokens that may be spent, and whether the refresh grant rests.
+    refresh_state: Mutex<refresh::RefreshState>,
     renewer: Mutex<Option<AbortHandle>>,
     renewer_wake: Arc<Notify>,
     store: Arc<dyn TokenStore>,
@@ -134,7 +138,7 @@ impl Session {
             suspect_unauthorized: AtomicU64::new(0),
             warned_zero_lifetime: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
-            refused_refresh: AtomicU64::new(0),
+            refresh_state: Mutex::default(),
             renewer: Mutex::new(None),
             renewer_wake: Arc::new(Notify::new()),
             store: config.token_store,

@@ -21,8 +21,37 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
 
 impl Session {
-    /// Tries `call` up to `attempts` times while it fails transiently, each try taken from the
-    /// budget for failed auth calls when it fails.
+    /// One auth call, taken from the budget for failed auth calls before it is sent and given
+    /// back if it yields a token, so that a call that hangs or is cut off counts as failed.
+    ///
+    /// Invariant: no call is sent while the budget is spent; the caller then gets
+    /// [`AuthError::CallBudgetExhausted`].
+    pub(super) async fn budgeted<Fut>(
+        &self,
+        endpoint: AuthEndpoint,
+        call: Fut,
+    ) -> Result<Arc<CachedToken>, AuthError>
+    where
+        Fut: Future<Output = Result<Arc<CachedToken>, AuthError>>,
+    {
+        let reservation = {
+            let mut budget = self.budget.lock();
+            let now = self.clock.now();
+            if let Some(retry_after) = budget.wait_at(now) {
+                warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
+                return Err(AuthError::CallBudgetExhausted { retry_after });
+            }
+            budget.reserve(now)
+        };
+        let result = call.await;
+        if result.is_ok() {
+            self.budget.lock().refund(reservation);
+        }
+        result
+    }
+
+    /// Tries `call` up to `attempts` times while it fails transiently, each try
+    /// [`budgeted`](Self::budgeted).
     ///
     /// Invariant: at most `attempts` calls per renewal, none while the budget is spent, and none
     /// after a non-transient failure, a 429 without `Retry-After` (the pacing pauses for it), or
@@ -38,18 +67,12 @@ impl Session {
         Fut: Future<Output = Result<Arc<CachedToken>, AuthError>>,
     {
         let attempts = attempts.max(1);
-        let mut last_error = None;
         let mut attempt = 1;
         loop {
-            if let Some(retry_after) = self.budget.lock().wait_at(self.clock.now()) {
-                warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
-                return Err(last_error.unwrap_or(AuthError::CallBudgetExhausted { retry_after }));
-            }
-            let err = match call().await {
+            let err = match self.budgeted(endpoint, call()).await {
                 Ok(token) => return Ok(token),
                 Err(err) => err,
             };
-            self.budget.lock().charge(self.clock.now());
             if !err.is_transient() || attempt == attempts {
                 return Err(err);
             }
@@ -68,7 +91,11 @@ impl Session {
             };
             warn!(%endpoint, attempt, class = %err.class(), error = %err, backoff = ?wait, "IQM auth call failed; retrying");
             tokio::time::sleep(wait).await;
-            last_error = Some(err);
+            // A budget spent meanwhile ends the retries with this error, which says more.
+            if let Some(retry_after) = self.budget.lock().wait_at(self.clock.now()) {
+                warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
+                return Err(err);
+            }
             attempt += 1;
         }
     }
