@@ -22,6 +22,13 @@ pub struct StoredTokens {
     pub ow_id: u64,
     /// When the access token expires.
     pub expires_at: SystemTime,
+    /// The fingerprint of the account the set belongs to: a keyed hash (HMAC-SHA-256 under the
+    /// client secret) of the base URL, client id, workspace host and user, which reveals none
+    /// of them. The layer sets it on every set it saves, and resumes a stored set only if it
+    /// matches its own account: a set without one, or another account's, is ignored (warned
+    /// once, counted in [`Stats::foreign_sessions_ignored`](crate::Stats)), never sent. A
+    /// [`TokenStore`] of your own must keep it with the tokens.
+    pub account: Option<String>,
 }
 
 impl StoredTokens {
@@ -37,7 +44,16 @@ impl StoredTokens {
             refresh_token,
             ow_id,
             expires_at,
+            account: None,
         }
+    }
+
+    /// The same set, marked as belonging to the account with this fingerprint (as read back
+    /// from where a store of your own keeps it).
+    #[must_use]
+    pub fn with_account(mut self, account: impl Into<String>) -> Self {
+        self.account = Some(account.into());
+        self
     }
 
     /// How long the access token still lives, zero if it has expired.

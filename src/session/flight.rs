@@ -17,7 +17,7 @@ use super::pacing::Pacing;
 
 /// How many times a caller starts a renewal again when the one it waited on was interrupted
 /// before it answered (its task aborted, e.g. by a runtime shutting down).
-const INTERRUPTED_RENEWAL_RETRIES: usize = 2;
+const INTERRUPTED_RENEWAL_RETRIES: usize = 1;
 
 /// What a renewal hands every caller waiting on it.
 pub(super) type Outcome = Result<Arc<CachedToken>, AuthError>;
@@ -29,6 +29,14 @@ pub(super) struct RenewalSlot {
     running: Option<RunningRenewal>,
     next_id: u64,
     pub(super) pacing: Pacing,
+}
+
+impl RenewalSlot {
+    /// Lets go of the running renewal, if any, for a logout that fenced it off: it runs on and
+    /// publishes nothing, and callers from now on start a new one instead of joining it.
+    pub(super) fn detach(&mut self) {
+        self.running = None;
+    }
 }
 
 struct RunningRenewal {
@@ -56,7 +64,7 @@ impl Session {
         reason: RenewReason,
         stale: Option<u64>,
     ) -> Result<Arc<CachedToken>, AuthError> {
-        for _ in 0..INTERRUPTED_RENEWAL_RETRIES {
+        for _ in 0..=INTERRUPTED_RENEWAL_RETRIES {
             let mut outcome = match self.join_or_start(reason, stale)? {
                 Joined::Newer(token) => return Ok(token),
                 Joined::Waiting(outcome) => outcome,

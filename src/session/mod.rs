@@ -229,25 +229,25 @@ impl Session {
 
     /// Forgets the cached token and invalidates it at IQM.
     ///
-    /// Invariant: a renewal that started before the logout publishes nothing afterwards (see
-    /// the logout epoch in [`flight`]); the next request logs in.
+    /// Invariants: a renewal that started before the logout publishes nothing afterwards (see
+    /// the logout epoch in [`flight`]), and a request made after the logout returned starts a
+    /// renewal of its own (a login), never joins the fenced one. The store and the shared
+    /// session are cleared before the epoch moves on, so no renewal of the new epoch can
+    /// resume the session just logged out.
     pub(crate) async fn logout(&self) -> Result<(), AuthError> {
         let span = info_span!("iqm_auth.logout");
         async {
             let token = {
                 let _publishing = self.publishing.lock().await;
-                let token = {
-                    let _slot = self.renewal.lock();
-                    self.logout_epoch.fetch_add(1, Ordering::Relaxed);
-                    self.current.swap(None)
-                };
-                self.store_consulted.store(true, Ordering::Relaxed);
                 self.clear_shared().await;
                 if let Err(err) = self.bounded_store_call(self.store.clear()).await {
                     self.counters.store_error();
                     warn!(error = %err, "could not clear the stored IQM session");
                 }
-                token
+                let mut slot = self.renewal.lock();
+                self.logout_epoch.fetch_add(1, Ordering::Relaxed);
+                slot.detach();
+                self.current.swap(None)
             };
             match token {
                 Some(token) => {

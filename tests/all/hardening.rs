@@ -267,21 +267,27 @@ fn a_waiter_on_a_renewal_whose_runtime_died_starts_a_new_one() {
 }
 
 #[tokio::test]
-async fn once_expired_a_failing_refresh_endpoint_gives_way_to_a_login() {
+async fn a_failing_refresh_endpoint_gives_way_to_a_login_and_rests() {
     let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     h.iqm.set_refresh_answer(Answer::Status(503));
 
-    // While the token is valid, the failing refresh keeps it.
+    // While the token is valid: one refresh try, then a login, in the same renewal.
     clock.advance(HOUR - Duration::from_secs(30));
-    assert!(h.auth.renew().await.is_err());
-    assert_eq!(h.get("/x").await.unwrap(), 200);
-    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (1, 3));
+    h.auth.renew().await.unwrap();
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (2, 1));
 
-    // Once it has expired: one refresh try, then a login.
-    clock.advance(Duration::from_secs(60));
+    // For the next 30 s the refresh grant rests: renewals log in.
+    clock.advance(Duration::from_secs(20));
+    h.auth.renew().await.unwrap();
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (3, 1));
+
+    // Then it is tried again, and once it works it is used.
+    h.iqm.set_refresh_answer(Answer::Normal);
+    clock.advance(Duration::from_secs(10));
+    h.auth.renew().await.unwrap();
     assert_eq!(h.get("/x").await.unwrap(), 200);
-    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (2, 4));
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (3, 2));
     assert_eq!(h.iqm.refresh_reuses(), 0);
 }
 
@@ -433,12 +439,14 @@ async fn stats_tell_a_health_check_the_tokens_life_and_the_last_failure() {
     assert_eq!(stats.last_renewal_error, None);
 
     h.iqm.set_refresh_answer(Answer::Status(500));
+    h.iqm.set_login_answer(Answer::Status(500));
     assert!(h.auth.renew().await.is_err());
     assert_eq!(
         h.auth.stats().last_renewal_error,
         Some(FailureClass::Transient)
     );
     h.iqm.set_refresh_answer(Answer::Normal);
+    h.iqm.set_login_answer(Answer::Normal);
     clock.advance(Duration::from_secs(60));
     h.auth.renew().await.unwrap();
     assert_eq!(h.auth.stats().last_renewal_error, None);

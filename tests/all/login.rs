@@ -1,5 +1,7 @@
 //! Lazy login, the headers every IQM request gets, and what passes through untouched.
 
+use std::time::Duration;
+
 use iqm_auth::testing::{Answer, FakeIqm, OW_ID};
 use iqm_auth::{AuthEndpoint, AuthError};
 use reqwest::StatusCode;
@@ -149,7 +151,8 @@ async fn garbage_answers_are_errors_and_nothing_is_cached_from_them() {
         (Answer::Raw("null".into()), "not an object"),
     ];
     for (answer, expected) in cases {
-        let h = Harness::start().await;
+        // No cool-down: a refusal inside a 200 (`ErrorEnvelope`) is otherwise cooled down.
+        let h = Harness::with(|b| b.rejection_cool_down(Duration::ZERO)).await;
         h.iqm.set_login_answer(answer.clone());
 
         let err = h.get("/api/v3/x").await.unwrap_err();
