@@ -7,6 +7,7 @@ use http::HeaderValue;
 use reqwest::Url;
 
 use crate::IqmAuth;
+use crate::account::AccountFingerprint;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::fleet::SessionCoordinator;
@@ -316,7 +317,15 @@ impl IqmAuthBuilder {
             );
             (coordinator, scope)
         });
+        let account = AccountFingerprint::of(
+            &base,
+            &self.client_id,
+            &self.client_secret,
+            workspace_host.as_bytes(),
+            &self.email,
+        );
         IqmAuth::new(Config {
+            account,
             base,
             client_id: self.client_id,
             client_secret: self.client_secret,
@@ -458,6 +467,7 @@ fn parse_base_url(raw: &str) -> Result<Url, ConfigError> {
 /// Settings after validation.
 #[derive(Debug)]
 pub(crate) struct Config {
+    pub(crate) account: AccountFingerprint,
     pub(crate) base: Url,
     pub(crate) client_id: String,
     pub(crate) client_secret: Secret,

@@ -46,6 +46,7 @@
 )]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod account;
 mod auth;
 mod clock;
 mod config;

@@ -103,6 +103,9 @@ pub struct Stats {
     /// Times the shared session held something this replica could not read (a foreign
     /// format, or a set encrypted under another key).
     pub shared_unreadable: u64,
+    /// Times the token store held a session of another account (another base URL, client id,
+    /// workspace host or user), or one saved without its account: ignored, never sent.
+    pub foreign_sessions_ignored: u64,
     /// Logout calls sent.
     pub logouts: u64,
     /// Sign-up calls sent.
@@ -129,6 +132,7 @@ pub(crate) struct Counters {
     shared_adoptions: AtomicU64,
     shared_errors: AtomicU64,
     shared_unreadable: AtomicU64,
+    foreign_sessions_ignored: AtomicU64,
 }
 
 /// Every failure class, in the order `last_failure` numbers them.
@@ -218,6 +222,11 @@ impl Counters {
         publish::count("iqm_auth_shared_unreadable_total", None);
     }
 
+    pub(crate) fn foreign_session_ignored(&self) {
+        self.foreign_sessions_ignored.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_foreign_sessions_ignored_total", None);
+    }
+
     pub(crate) fn logout(&self) {
         self.logouts.fetch_add(1, Relaxed);
         publish::count("iqm_auth_logouts_total", None);
@@ -262,6 +271,7 @@ impl Counters {
             shared_adoptions: self.shared_adoptions.load(Relaxed),
             shared_errors: self.shared_errors.load(Relaxed),
             shared_unreadable: self.shared_unreadable.load(Relaxed),
+            foreign_sessions_ignored: self.foreign_sessions_ignored.load(Relaxed),
             logouts: self.logouts.load(Relaxed),
             sign_ups: self.sign_ups.load(Relaxed),
         }

@@ -81,10 +81,14 @@ pub enum StoreError {
 
 /// Where the layer keeps its token set between runs.
 ///
-/// The layer calls [`load`](Self::load) once, before its first login: a stored set whose access
-/// token is still valid is used without a login, and one whose access token has expired is
-/// renewed with its refresh token. It calls [`save`](Self::save) after every new token set from
-/// IQM (a rotated refresh token included) and [`clear`](Self::clear) on logout. Errors are
+/// The layer calls [`load`](Self::load) before each renewal: a stored set of its account that is
+/// not its own current one (saved before a restart, or by another layer on the same store) is
+/// used without an auth call while it is valid, and renewed with its refresh token once it has
+/// expired. It calls [`save`](Self::save) after every new token set from IQM (a rotated refresh
+/// token included) and [`clear`](Self::clear) on logout. Layers given the same store (the same
+/// `Arc`) renew one at a time, each reading the set the previous one saved, so they never
+/// present a refresh token another has spent. A set is resumed only if its
+/// [`account`](StoredTokens::account) is this layer's: keep that field with the tokens. Errors are
 /// logged and counted ([`Stats::store_errors`](crate::Stats::store_errors)) and otherwise
 /// ignored: a broken store costs a login, never a failed request. Each call is given 5 s.
 ///
@@ -127,8 +131,9 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     async fn clear(&self) -> Result<(), StoreError>;
 }
 
-/// A [`TokenStore`] in memory: the default. Share one (`Arc`) between several `IqmAuth` in a
-/// process so that the second one starts with the first one's session.
+/// A [`TokenStore`] in memory: the default, one per layer. Layers in one process share a session
+/// best as clones of one `IqmAuth`; several `IqmAuth` of one account given the same store (the
+/// same `Arc`) also share it, taking turns to renew.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -262,7 +267,8 @@ mod file {
         }
     }
 
-    /// The file's format. `version` lets a later format be told apart.
+    /// The file's format. `version` lets a later format be told apart: 2 added `account`, and a
+    /// file of version 1 reads as a set without one (which the layer does not resume).
     #[derive(Serialize, Deserialize)]
     struct OnDisk {
         version: u32,
@@ -270,9 +276,11 @@ mod file {
         refresh_token: Option<String>,
         ow_id: u64,
         expires_at_unix_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        account: Option<String>,
     }
 
-    const FORMAT_VERSION: u32 = 1;
+    const FORMAT_VERSION: u32 = 2;
 
     impl OnDisk {
         fn from_tokens(tokens: &StoredTokens) -> Self {
@@ -286,11 +294,12 @@ mod file {
                 refresh_token: tokens.refresh_token.as_ref().map(|t| t.expose().to_owned()),
                 ow_id: tokens.ow_id,
                 expires_at_unix_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
+                account: tokens.account.clone(),
             }
         }
 
         fn into_tokens(self) -> Result<StoredTokens, StoreError> {
-            if self.version != FORMAT_VERSION {
+            if !(1..=FORMAT_VERSION).contains(&self.version) {
                 return Err(StoreError::Corrupt(format!(
                     "unknown format version {}",
                     self.version
@@ -299,12 +308,16 @@ mod file {
             let expires_at = UNIX_EPOCH
                 .checked_add(Duration::from_millis(self.expires_at_unix_ms))
                 .ok_or_else(|| StoreError::Corrupt("expiry out of range".into()))?;
-            Ok(StoredTokens::new(
+            let tokens = StoredTokens::new(
                 Secret::new(self.access_token),
                 self.refresh_token.map(Secret::new),
                 self.ow_id,
                 expires_at,
-            ))
+            );
+            Ok(match self.account {
+                Some(account) => tokens.with_account(account),
+                None => tokens,
+            })
         }
     }
 
@@ -385,6 +398,21 @@ mod file {
                 200_001,
                 UNIX_EPOCH + Duration::from_millis(1_900_000_000_123),
             )
+            .with_account("0123456789abcdef0123456789abcdef")
+        }
+
+        #[tokio::test]
+        async fn a_file_of_the_first_format_reads_as_a_set_without_an_account() {
+            let folder = tempfile::tempdir().unwrap();
+            let path = folder.path().join("session.json");
+            fs::write(
+                &path,
+                br#"{"version":1,"access_token":"a","refresh_token":null,"ow_id":7,"expires_at_unix_ms":0}"#,
+            )
+            .unwrap();
+            let loaded = FileTokenStore::new(&path).load().await.unwrap().unwrap();
+            assert_eq!(loaded.account, None);
+            assert_eq!(loaded.ow_id, 7);
         }
 
         #[tokio::test]

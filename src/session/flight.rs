@@ -12,7 +12,7 @@ use crate::stats::RenewReason;
 use crate::token::CachedToken;
 
 use super::Session;
-use super::acquire::Source;
+use super::acquire::{Acquired, Source};
 use super::pacing::Pacing;
 
 /// How many times a caller starts a renewal again when the one it waited on was interrupted
@@ -183,11 +183,17 @@ async fn run_renewal(guard: RenewalGuard, reason: RenewReason, logout_epoch: u64
         let logged_out = session.logout_epoch.load(Ordering::Relaxed) != logout_epoch;
         match acquired {
             Ok(_) if logged_out => Err(AuthError::LoggedOut),
-            Ok((token, source)) => {
+            Ok(Acquired {
+                token,
+                source,
+                store_turn,
+            }) => {
                 // Before the token is published, so that stored sets follow the order of renewals.
                 if source == Source::Iqm {
                     session.persist(&token).await;
                 }
+                // The next layer on the store reads it only now, with this set saved.
+                drop(store_turn);
                 let mut slot = session.renewal.lock();
                 session.current.store(Some(Arc::clone(&token)));
                 if reason == RenewReason::Unauthorized {

@@ -7,8 +7,10 @@
 //! - [`flight`]: the single flight. At most one renewal runs at a time, in a task of its own, so
 //!   a caller that gives up never cancels it for the others; concurrent callers that saw the
 //!   same stale token cause one renewal and all get its outcome.
-//! - [`acquire`]: what one renewal does. Refresh grant first, login as fallback, the token store
-//!   read before the first login and written after every new set.
+//! - [`acquire`]: what one renewal does. A newer set from the token store, else the refresh
+//!   grant, else a login.
+//! - [`stored`]: the token store, read before every renewal and written after every new set,
+//!   one layer at a time per store, and only ever resuming this account's sets.
 //! - [`refresh`]: the refresh grant. A refresh token is never presented twice unless IQM
 //!   provably did not act on it, and a failing refresh gives way to a login.
 //! - [`retry`]: the budget check around every auth call, and retries of a login within a
@@ -28,6 +30,7 @@ mod pacing;
 mod refresh;
 mod renewer;
 mod retry;
+mod stored;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +42,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{Instrument, info_span, warn};
 
+use crate::account::AccountFingerprint;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{AuthError, ConfigError};
@@ -92,8 +96,12 @@ pub(crate) struct Session {
     renewer: Mutex<Option<AbortHandle>>,
     renewer_wake: Arc<Notify>,
     store: Arc<dyn TokenStore>,
-    /// Whether the store was read (once, before the first login).
-    store_consulted: AtomicBool,
+    /// This layer's turn at its store, shared with every other layer on the same store.
+    store_turn: Arc<stored::StoreTurn>,
+    /// The fingerprint of this layer's account, kept with every stored set.
+    account: AccountFingerprint,
+    /// Whether a foreign stored session was warned about (once, not per renewal).
+    warned_foreign_session: AtomicBool,
     on_new_tokens: Option<NewTokensHook>,
     /// The fleet's shared session, if one is configured.
     fleet: Option<Fleet>,
@@ -141,8 +149,10 @@ impl Session {
             refresh_state: Mutex::default(),
             renewer: Mutex::new(None),
             renewer_wake: Arc::new(Notify::new()),
+            store_turn: stored::turn_of(&config.token_store),
             store: config.token_store,
-            store_consulted: AtomicBool::new(false),
+            account: config.account,
+            warned_foreign_session: AtomicBool::new(false),
             on_new_tokens: config.on_new_tokens,
             fleet: config
                 .shared
