@@ -67,20 +67,62 @@ mod tests {
 
     #[test]
     fn every_part_of_the_account_changes_the_fingerprint_and_none_shows_in_it() {
-        let a = fingerprint("https://api.iqm.com/", "id", "s", "acme.iqm.com", "ops@acme.com");
+        let a = fingerprint(
+            "https://api.iqm.com/",
+            "id",
+            "s",
+            "acme.iqm.com",
+            "ops@acme.com",
+        );
         assert_eq!(a.len(), 32);
         for other in [
-            fingerprint("https://staging.iqm.com/", "id", "s", "acme.iqm.com", "ops@acme.com"),
-            fingerprint("https://api.iqm.com/", "id2", "s", "acme.iqm.com", "ops@acme.com"),
-            fingerprint("https://api.iqm.com/", "id", "s2", "acme.iqm.com", "ops@acme.com"),
-            fingerprint("https://api.iqm.com/", "id", "s", "beta.iqm.com", "ops@acme.com"),
-            fingerprint("https://api.iqm.com/", "id", "s", "acme.iqm.com", "dev@acme.com"),
+            fingerprint(
+                "https://staging.iqm.com/",
+                "id",
+                "s",
+                "acme.iqm.com",
+                "ops@acme.com",
+            ),
+            fingerprint(
+                "https://api.iqm.com/",
+                "id2",
+                "s",
+                "acme.iqm.com",
+                "ops@acme.com",
+            ),
+            fingerprint(
+                "https://api.iqm.com/",
+                "id",
+                "s2",
+                "acme.iqm.com",
+                "ops@acme.com",
+            ),
+            fingerprint(
+                "https://api.iqm.com/",
+                "id",
+                "s",
+                "beta.iqm.com",
+                "ops@acme.com",
+            ),
+            fingerprint(
+                "https://api.iqm.com/",
+                "id",
+                "s",
+                "acme.iqm.com",
+                "dev@acme.com",
+            ),
         ] {
             assert_ne!(a, other);
         }
         assert_eq!(
             a,
-            fingerprint("https://api.iqm.com/", "id", "s", "acme.iqm.com", " ops@acme.com ")
+            fingerprint(
+                "https://api.iqm.com/",
+                "id",
+                "s",
+                "acme.iqm.com",
+                " ops@acme.com "
+            )
         );
         for part in ["iqm", "acme", "ops", "id"] {
             assert!(!a.contains(part), "{a}");

@@ -88,6 +88,11 @@ impl Origin {
 }
 
 impl Inner {
+    /// Whether `url` is on IQM's origin (scheme, host and port).
+    pub(crate) fn is_iqm(&self, url: &Url) -> bool {
+        self.origin.is_iqm(url)
+    }
+
     /// Whether the middleware authenticates this request: it goes to IQM's origin, not to one of
     /// the auth endpoints, and carries no `Authorization` of the caller's own.
     pub(crate) fn applies_to(&self, request: &reqwest::Request) -> bool {

@@ -29,8 +29,8 @@ const DEFAULT_REJECTION_COOL_DOWN: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_REJECTION_COOL_DOWN: Duration = Duration::from_secs(15 * 60);
 /// How long renewals pause after a 429 without `Retry-After`.
 const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(10);
-/// How long after a 401-driven renewal a 401 on the unused new token is not the token's fault.
-const DEFAULT_FRESH_TOKEN_401_WINDOW: Duration = Duration::from_secs(10);
+/// How long an endpoint proven to refuse the user first has its 401s handed back.
+const DEFAULT_ENDPOINT_REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// Failed auth calls allowed a minute, and in a row.
 const DEFAULT_AUTH_CALL_BUDGET: (u32, u32) = (10, 3);
 /// How many times one login or refresh call is tried when it fails transiently.
@@ -75,7 +75,7 @@ pub struct IqmAuthBuilder {
     rejection_cool_down: Duration,
     max_rejection_cool_down: Duration,
     rate_limit_pause: Duration,
-    fresh_token_401_window: Duration,
+    endpoint_refusal_window: Duration,
     auth_call_budget: (u32, u32),
     auth_attempts: u32,
     backoff_jitter: bool,
@@ -104,7 +104,7 @@ impl Default for IqmAuthBuilder {
             rejection_cool_down: DEFAULT_REJECTION_COOL_DOWN,
             max_rejection_cool_down: DEFAULT_MAX_REJECTION_COOL_DOWN,
             rate_limit_pause: DEFAULT_RATE_LIMIT_PAUSE,
-            fresh_token_401_window: DEFAULT_FRESH_TOKEN_401_WINDOW,
+            endpoint_refusal_window: DEFAULT_ENDPOINT_REFUSAL_WINDOW,
             auth_call_budget: DEFAULT_AUTH_CALL_BUDGET,
             auth_attempts: DEFAULT_AUTH_ATTEMPTS,
             backoff_jitter: true,
@@ -198,13 +198,15 @@ impl IqmAuthBuilder {
         self
     }
 
-    /// How long after a renewal caused by a 401 a further 401 on the new token, before that
-    /// token has served any request, is handed back without another renewal: such a 401 is the
-    /// endpoint refusing the user (a workspace or resource it may not access), not a bad token,
-    /// and renewing for it would spend IQM's rate limit one call per request. Once the token has
-    /// served a request, a 401 is a revocation and is recovered at once. Defaults to 10 s.
-    pub fn fresh_token_401_window(mut self, window: Duration) -> Self {
-        self.fresh_token_401_window = window;
+    /// How long the 401s of an endpoint that refuses the user are handed back without a
+    /// renewal. An endpoint that answers 401 to two different tokens in a row (typically the
+    /// token it was sent with and the renewed one of the replay) refuses the user (a workspace
+    /// or resource it may not access), not the token: renewing for each of its 401s would spend
+    /// IQM's rate limit one call per request. The window doubles each time the endpoint proves
+    /// it again, up to 10 min, and an answer other than 401 from it forgets it. A 401 from any
+    /// other endpoint is a revocation and is recovered at once. Defaults to 10 s.
+    pub fn endpoint_refusal_window(mut self, window: Duration) -> Self {
+        self.endpoint_refusal_window = window;
         self
     }
 
@@ -338,7 +340,7 @@ impl IqmAuthBuilder {
             rejection_cool_down: self.rejection_cool_down,
             max_rejection_cool_down: self.max_rejection_cool_down,
             rate_limit_pause: self.rate_limit_pause,
-            fresh_token_401_window: self.fresh_token_401_window,
+            endpoint_refusal_window: self.endpoint_refusal_window,
             auth_call_budget: self.auth_call_budget,
             auth_attempts: self.auth_attempts.max(1),
             backoff_jitter: self.backoff_jitter,
@@ -480,7 +482,7 @@ pub(crate) struct Config {
     pub(crate) rejection_cool_down: Duration,
     pub(crate) max_rejection_cool_down: Duration,
     pub(crate) rate_limit_pause: Duration,
-    pub(crate) fresh_token_401_window: Duration,
+    pub(crate) endpoint_refusal_window: Duration,
     pub(crate) auth_call_budget: (u32, u32),
     pub(crate) auth_attempts: u32,
     pub(crate) backoff_jitter: bool,

@@ -9,13 +9,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{AUTHORIZATION, Entry, HeaderName};
 use http::{Extensions, HeaderMap, StatusCode};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Error, Middleware, Next, Result};
 
-use crate::auth::IqmAuth;
+use crate::auth::{Inner, IqmAuth};
 use crate::error::AuthError;
 use crate::session::Session;
 use crate::stats::RenewReason;
@@ -72,40 +73,72 @@ impl Middleware for IqmAuth {
         if !inner.applies_to(&request) {
             return next.run(request, extensions);
         }
-        let session = &inner.session;
         // Copied before the headers go on, so a replay gets the new token's headers only.
         let replay = if inner.replay_unauthorized {
             copy_for_replay(&request)
         } else {
             None
         };
-        let cached = session.usable_now(|token| attach(request.headers_mut(), token));
+        let cached = inner
+            .session
+            .usable_now(|token| attach(request.headers_mut(), token));
         match (replay, cached) {
-            (Some(copy), _) => {
-                Box::pin(send(session, request, cached, Some(copy), extensions, next))
-            }
+            (Some(copy), _) => Box::pin(send(inner, request, cached, Some(copy), extensions, next)),
             // Token attached and nothing to replay: the request goes down the stack now, and the
             // future only watches its answer for a 401, so it holds no request at all.
             (None, Some(generation)) => {
                 let sent = next.run(request, extensions);
                 Box::pin(async move {
                     let response = sent.await?;
-                    if response.status() == StatusCode::UNAUTHORIZED {
-                        // Handed back as it is; the next request uses the renewed token.
-                        let _ = renew_after_401(session, generation).await;
-                    } else {
-                        session.served(generation);
+                    match judge(inner, generation, &response) {
+                        Verdict::TokenRefused => renew_in_background(inner, generation),
+                        Verdict::NotTheTokens => inner.session.counters.unauthorized_not_renewed(),
+                        Verdict::Served => {}
                     }
                     Ok(response)
                 })
             }
-            (None, None) => Box::pin(send(session, request, None, None, extensions, next)),
+            (None, None) => Box::pin(send(inner, request, None, None, extensions, next)),
         }
     }
 }
 
+/// What an answer says about the token it was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not a 401: the token served.
+    Served,
+    /// A 401 from IQM that may be the token's fault (revoked, expired early): renew.
+    TokenRefused,
+    /// A 401 that says nothing about the token: from another origin (a redirect followed away
+    /// from IQM), or from an endpoint that refuses the user whatever the token.
+    NotTheTokens,
+}
+
+/// Judges an answer, and records what it says of its endpoint.
+fn judge(inner: &Inner, generation: u64, response: &Response) -> Verdict {
+    let session = &inner.session;
+    if response.status() != StatusCode::UNAUTHORIZED {
+        session.served(response.url());
+        return Verdict::Served;
+    }
+    // Only IQM's own 401 speaks about IQM's token.
+    if !inner.is_iqm(response.url()) {
+        tracing::debug!("a 401 from another origin than IQM's; not renewing");
+        return Verdict::NotTheTokens;
+    }
+    if session.unauthorized_is_not_the_tokens_fault(response.url(), generation) {
+        tracing::debug!(
+            generation,
+            "IQM answered 401 from an endpoint that refused the renewed token too; not renewing"
+        );
+        return Verdict::NotTheTokens;
+    }
+    Verdict::TokenRefused
+}
+
 /// Sends an IQM request: with the cached token's generation if the hot path attached one, or
-/// after waiting for a token; then hands a 401 to [`recover`].
+/// after waiting for a token; then hands a 401 that is the token's to [`recover`].
 ///
 /// A plain function returning an `async` block rather than an `async fn`: an `async fn` keeps
 /// its arguments twice in its state (rust-lang/rust#62958), which for two `Request`s (264 bytes
@@ -115,7 +148,7 @@ impl Middleware for IqmAuth {
     reason = "an async fn would store its arguments twice"
 )]
 fn send<'a>(
-    session: &'a Arc<Session>,
+    inner: &'a Inner,
     mut request: Request,
     cached: Option<u64>,
     replay: Option<Request>,
@@ -126,16 +159,23 @@ fn send<'a>(
         let generation = match cached {
             Some(generation) => generation,
             None => {
-                let token = wait_for_token(session).await.map_err(Error::middleware)?;
+                let token = wait_for_token(&inner.session)
+                    .await
+                    .map_err(Error::middleware)?;
                 attach(request.headers_mut(), &token)
             }
         };
         let response = next.clone().run(request, extensions).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            session.served(generation);
-            return Ok(response);
+        match judge(inner, generation, &response) {
+            Verdict::TokenRefused => {
+                recover(inner, generation, response, replay, extensions, next).await
+            }
+            Verdict::NotTheTokens => {
+                inner.session.counters.unauthorized_not_renewed();
+                Ok(response)
+            }
+            Verdict::Served => Ok(response),
         }
-        recover(session, generation, response, replay, extensions, next).await
     }
 }
 
@@ -143,29 +183,18 @@ fn send<'a>(
 // temporaries of an inline `Box::pin(…).await`, which live to the end of the statement) would
 // be laid out in the future of every request, pushing it past the allocator's fast size classes.
 
-/// After a 401 to a request sent with token `generation`: renews the token once (shared with
-/// every other request that saw the same token), or `None` when the 401 is not the token's
-/// fault (see [`Session::unauthorized_is_not_the_tokens_fault`]) and nothing is renewed.
-fn renew_after_401(
-    session: &Arc<Session>,
-    generation: u64,
-) -> BoxFuture<'_, Option<std::result::Result<Arc<CachedToken>, AuthError>>> {
-    Box::pin(async move {
-        if session.unauthorized_is_not_the_tokens_fault(generation) {
-            tracing::debug!(
-                generation,
-                "IQM answered 401 to a token fresh from a 401-driven renewal; not renewing again"
-            );
-            session.counters.unauthorized_not_renewed();
-            return None;
-        }
-        tracing::debug!(generation, "IQM answered 401; renewing the token");
-        Some(
-            session
-                .renew(RenewReason::Unauthorized, Some(generation))
-                .await,
-        )
-    })
+/// Starts a renewal after a 401 to token `generation` (shared with every other request that
+/// saw the same token) without waiting for it: the 401 goes back to its caller at once, and the
+/// next request uses the renewed token.
+fn renew_in_background(inner: &Inner, generation: u64) {
+    tracing::debug!(
+        generation,
+        "IQM answered 401; renewing the token in the background"
+    );
+    inner.session.token_refused(generation);
+    inner
+        .session
+        .start_renewal(RenewReason::Unauthorized, Some(generation));
 }
 
 fn wait_for_token(
@@ -175,10 +204,11 @@ fn wait_for_token(
 }
 
 /// After a 401 to a request sent with token `generation`: renews the token once (shared with
-/// every other request that saw the same token) and replays the request once. A second 401 is
-/// handed back as it is: never a loop. So is a 401 that is not the token's fault.
+/// every other request that saw the same token) and replays the request once, the 401 dropped
+/// first so that it holds no connection meanwhile. A second 401 is handed back as it is: never
+/// a loop. A request that cannot be replayed gets its 401 at once, the renewal running on.
 fn recover<'a>(
-    session: &'a Arc<Session>,
+    inner: &'a Inner,
     generation: u64,
     response: Response,
     replay: Option<Request>,
@@ -186,31 +216,50 @@ fn recover<'a>(
     next: Next<'a>,
 ) -> BoxFuture<'a, Result<Response>> {
     Box::pin(async move {
-        let Some(renewed) = renew_after_401(session, generation).await else {
+        let session = &inner.session;
+        let Some(mut replay) = replay else {
+            renew_in_background(inner, generation);
             return Ok(response);
         };
-        match (replay, renewed) {
-            (Some(mut replay), Ok(token)) => {
-                let generation = attach(replay.headers_mut(), &token);
-                session.counters.replay();
-                let response = next.run(replay, extensions).await?;
-                if response.status() != StatusCode::UNAUTHORIZED {
-                    session.served(generation);
-                }
-                Ok(response)
-            }
-            (Some(_), Err(err)) => Err(Error::middleware(err)),
-            // Not replayable (a streaming body, or replay switched off): the 401 goes back to the
-            // caller, and the next request uses the renewed token.
-            (None, _) => Ok(response),
-        }
+        discard(response).await;
+        tracing::debug!(generation, "IQM answered 401; renewing the token");
+        session.token_refused(generation);
+        let token = session
+            .renew(RenewReason::Unauthorized, Some(generation))
+            .await
+            .map_err(Error::middleware)?;
+        let generation = attach(replay.headers_mut(), &token);
+        session.counters.replay();
+        let response = next.run(replay, extensions).await?;
+        // Judged for what it proves of the endpoint; a 401 goes back as it is.
+        judge(inner, generation, &response);
+        Ok(response)
     })
+}
+
+/// The most of an answer [`discard`] reads, and for how long.
+const DISCARD_LIMIT: usize = 16 * 1024;
+const DISCARD_WAIT: Duration = Duration::from_millis(100);
+
+/// Drops an answer that is not handed back. What is left of a small body is read first (it has
+/// usually arrived with the headers), so that over HTTP/1 its connection goes back to the pool
+/// for the replay instead of being closed.
+async fn discard(mut response: Response) {
+    let drain = async {
+        let mut left = DISCARD_LIMIT;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let Some(rest) = left.checked_sub(chunk.len()) else {
+                return;
+            };
+            left = rest;
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_WAIT, drain).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_replay_copy_of_a_bodiless_request_equals_try_clone() {

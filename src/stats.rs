@@ -92,8 +92,9 @@ pub struct Stats {
     ///
     /// [`TokenStore`]: crate::TokenStore
     pub user_code_panics: u64,
-    /// 401s handed back without a renewal, because the token came from a 401-driven renewal
-    /// moments ago and had served no request yet (the endpoint refuses, not the token).
+    /// 401s handed back without a renewal because they are not the token's fault: from an
+    /// endpoint that refused a renewed token too (it refuses the user), or from another origin
+    /// than IQM's (a redirect followed away from it).
     pub unauthorized_not_renewed: u64,
     /// Token sets taken from the fleet's shared session, renewed by another replica.
     pub shared_adoptions: u64,

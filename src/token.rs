@@ -154,6 +154,9 @@ pub(crate) struct CachedToken {
     /// clock: the background renewer clears it when the deadline passes. Never set for a
     /// session that reads the clock on every request (a custom clock, or no background renewer).
     known_fresh: AtomicBool,
+    /// Set when IQM answered 401 to this token and a renewal started for it: requests wait for
+    /// that renewal instead of sending the token again. Cleared if the renewal fails.
+    refused: AtomicBool,
     /// The generation of the fleet's shared session this token came from or was published as
     /// (0: this replica's own).
     shared_generation: AtomicU64,
@@ -181,6 +184,7 @@ impl CachedToken {
             used: AtomicBool::new(false),
             renewal_claimed: AtomicBool::new(false),
             known_fresh: AtomicBool::new(known_fresh),
+            refused: AtomicBool::new(false),
             shared_generation: AtomicU64::new(0),
         })
     }
@@ -200,6 +204,23 @@ impl CachedToken {
     /// From now on, callers read the clock to tell how fresh this token is.
     pub(crate) fn forget_known_fresh(&self) {
         self.known_fresh.store(false, Ordering::Relaxed);
+    }
+
+    /// IQM answered 401 to this token: from now on the hot path does not hand it out.
+    pub(crate) fn mark_refused(&self) {
+        self.forget_known_fresh();
+        self.refused.store(true, Ordering::Relaxed);
+    }
+
+    /// The renewal for a refused token failed: use it again (the 401 may not have been its
+    /// fault, and callers get IQM's own answer rather than the renewal's error).
+    pub(crate) fn clear_refused(&self) {
+        self.refused.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether IQM answered 401 to this token and its renewal has not failed.
+    pub(crate) fn was_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// True for the first caller only.

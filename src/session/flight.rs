@@ -81,7 +81,7 @@ impl Session {
 
     /// Starts a renewal in the background (or leaves the running one be), for a caller that
     /// does not wait for it.
-    pub(super) fn start_renewal(self: &Arc<Self>, reason: RenewReason, stale: Option<u64>) {
+    pub(crate) fn start_renewal(self: &Arc<Self>, reason: RenewReason, stale: Option<u64>) {
         drop(self.join_or_start(reason, stale));
     }
 
@@ -196,11 +196,6 @@ async fn run_renewal(guard: RenewalGuard, reason: RenewReason, logout_epoch: u64
                 drop(store_turn);
                 let mut slot = session.renewal.lock();
                 session.current.store(Some(Arc::clone(&token)));
-                if reason == RenewReason::Unauthorized {
-                    session
-                        .suspect_unauthorized
-                        .store(token.generation, Ordering::Relaxed);
-                }
                 slot.pacing
                     .record(Ok(()), session.clock.now(), &session.policy);
                 guard.free(&mut slot);
@@ -217,6 +212,9 @@ async fn run_renewal(guard: RenewalGuard, reason: RenewReason, logout_epoch: u64
             session.renewer_wake.notify_one();
         }
         Err(err) => {
+            if let Some(token) = session.current.load().as_deref() {
+                token.clear_refused();
+            }
             let mut slot = session.renewal.lock();
             slot.pacing
                 .record(Err(err), session.clock.now(), &session.policy);

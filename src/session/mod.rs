@@ -13,6 +13,8 @@
 //!   one layer at a time per store, and only ever resuming this account's sets.
 //! - [`refresh`]: the refresh grant. A refresh token is never presented twice unless IQM
 //!   provably did not act on it, and a failing refresh gives way to a login.
+//! - [`refusals`]: 401s that are not the token's fault: an endpoint that refused two tokens in
+//!   a row refuses the user, and its 401s are handed back without a renewal for a while.
 //! - [`retry`]: the budget check around every auth call, and retries of a login within a
 //!   renewal, with backoff and jitter.
 //! - [`pacing`]: pauses between renewals after failures, so an outage or a wrong password costs
@@ -28,6 +30,7 @@ mod fleet;
 mod flight;
 mod pacing;
 mod refresh;
+mod refusals;
 mod renewer;
 mod retry;
 mod stored;
@@ -64,7 +67,7 @@ struct Policy {
     rejection_cool_down: Duration,
     max_rejection_cool_down: Duration,
     rate_limit_pause: Duration,
-    fresh_token_401_window: Duration,
+    endpoint_refusal_window: Duration,
     auth_attempts: u32,
     backoff_jitter: bool,
     background_renewal: bool,
@@ -85,9 +88,10 @@ pub(crate) struct Session {
     /// Held while a renewal publishes its token (store, hook, cache) and while a logout clears
     /// them, so that neither sees the other half-done.
     publishing: tokio::sync::Mutex<()>,
-    /// The generation of a token obtained by a 401-driven renewal that has not yet served a
-    /// request (0: none). A 401 on it soon after is the endpoint's refusal, not the token's fault.
-    suspect_unauthorized: AtomicU64,
+    /// Endpoints that answered 401, to tell a refusing endpoint from a revoked token.
+    refusals: Mutex<refusals::Refusals>,
+    /// Whether `refusals` holds any endpoint: the hot path reads only this.
+    refusals_known: AtomicBool,
     /// Whether the warning about `expires_in` 0 was logged (it is logged once, not per request).
     warned_zero_lifetime: AtomicBool,
     next_generation: AtomicU64,
@@ -129,7 +133,7 @@ impl Session {
                 rejection_cool_down: config.rejection_cool_down,
                 max_rejection_cool_down: config.max_rejection_cool_down,
                 rate_limit_pause: config.rate_limit_pause,
-                fresh_token_401_window: config.fresh_token_401_window,
+                endpoint_refusal_window: config.endpoint_refusal_window,
                 auth_attempts: config.auth_attempts,
                 backoff_jitter: config.backoff_jitter,
                 background_renewal: config.background_renewal,
@@ -143,7 +147,8 @@ impl Session {
             )),
             logout_epoch: AtomicU64::new(0),
             publishing: tokio::sync::Mutex::new(()),
-            suspect_unauthorized: AtomicU64::new(0),
+            refusals: Mutex::default(),
+            refusals_known: AtomicBool::new(false),
             warned_zero_lifetime: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
             refresh_state: Mutex::default(),
@@ -173,6 +178,9 @@ impl Session {
             token.mark_used();
             return Some(with(token));
         }
+        if token.was_refused() {
+            return None;
+        }
         match token.deadlines.freshness(self.clock.now()) {
             Freshness::Fresh => {}
             Freshness::RenewSoon => {
@@ -194,9 +202,15 @@ impl Session {
     pub(crate) async fn wait_for_token(self: &Arc<Self>) -> Result<Arc<CachedToken>, AuthError> {
         let (reason, stale) = match self.current.load_full() {
             // Stored by a renewal that finished since the hot path looked.
-            Some(token) if token.deadlines.freshness(self.clock.now()) != Freshness::Expired => {
+            Some(token)
+                if !token.was_refused()
+                    && token.deadlines.freshness(self.clock.now()) != Freshness::Expired =>
+            {
                 token.mark_used();
                 return Ok(token);
+            }
+            Some(token) if token.was_refused() => {
+                (RenewReason::Unauthorized, Some(token.generation))
             }
             Some(token) => (RenewReason::Expired, Some(token.generation)),
             None => (RenewReason::FirstUse, None),
@@ -206,35 +220,19 @@ impl Session {
         Ok(token)
     }
 
+    /// IQM answered 401 to token `generation`, and it may be the token's fault: requests stop
+    /// using it and wait for the renewal the caller starts.
+    pub(crate) fn token_refused(&self, generation: u64) {
+        if let Some(token) = self.current.load().as_deref() {
+            if token.generation == generation {
+                token.mark_refused();
+            }
+        }
+    }
+
     /// The token cached now, whatever its state.
     pub(crate) fn current(&self) -> Option<Arc<CachedToken>> {
         self.current.load_full()
-    }
-
-    /// Whether a 401 to a request sent with token `generation` is the endpoint's refusal
-    /// rather than the token's fault: the token came from a 401-driven renewal moments ago and
-    /// has served no request yet. Such a 401 is handed back without a renewal.
-    pub(crate) fn unauthorized_is_not_the_tokens_fault(&self, generation: u64) -> bool {
-        if self.suspect_unauthorized.load(Ordering::Relaxed) != generation {
-            return false;
-        }
-        let current = self.current.load();
-        current.as_deref().is_some_and(|token| {
-            token.generation == generation
-                && self
-                    .clock
-                    .now()
-                    .saturating_duration_since(token.deadlines.issued)
-                    < self.policy.fresh_token_401_window
-        })
-    }
-
-    /// Notes that token `generation` served a request (IQM answered other than 401). Cheap
-    /// enough for every request: one relaxed load, and a store only the first time.
-    pub(crate) fn served(&self, generation: u64) {
-        if self.suspect_unauthorized.load(Ordering::Relaxed) == generation {
-            self.suspect_unauthorized.store(0, Ordering::Relaxed);
-        }
     }
 
     /// Forgets the cached token and invalidates it at IQM.
@@ -338,7 +336,7 @@ mod tests {
             rejection_cool_down: Duration::from_secs(30),
             max_rejection_cool_down: Duration::from_secs(15 * 60),
             rate_limit_pause: Duration::from_secs(10),
-            fresh_token_401_window: Duration::from_secs(10),
+            endpoint_refusal_window: Duration::from_secs(10),
             auth_attempts: 3,
             backoff_jitter: true,
             background_renewal: true,

@@ -70,7 +70,9 @@ impl Session {
         if !self.account.owns(stored.account.as_deref()) {
             self.counters.foreign_session_ignored();
             if !self.warned_foreign_session.swap(true, Ordering::Relaxed) {
-                warn!("the token store holds a session of another IQM account (or one saved without its account); ignoring it");
+                warn!(
+                    "the token store holds a session of another IQM account (or one saved without its account); ignoring it"
+                );
             }
             return None;
         }

@@ -79,7 +79,10 @@ impl Answer {
     /// rotates the refresh token, as IQM would before its answer is lost on the way (a cut
     /// connection, a truncated body).
     pub(super) fn acts(&self) -> bool {
-        matches!(self, Self::Normal | Self::TruncatedJson | Self::ResetMidBody)
+        matches!(
+            self,
+            Self::Normal | Self::TruncatedJson | Self::ResetMidBody
+        )
     }
 }
 

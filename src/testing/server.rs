@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use crate::clock::Clock;
 
-use super::fake_iqm::{Answer, CLIENT_ID, CLIENT_SECRET, EMAIL, OW_ID, PASSWORD, SeenRequest, WORKSPACE_HOST};
+use super::fake_iqm::{
+    Answer, CLIENT_ID, CLIENT_SECRET, EMAIL, OW_ID, PASSWORD, SeenRequest, WORKSPACE_HOST,
+};
 
 const USER_NOT_ALLOWED: &str = "User doesn't exist or user is not allowed to provided workspace.";
 
@@ -35,7 +37,8 @@ pub(super) struct Knobs {
     pub(super) rotate_refresh_tokens: bool,
     pub(super) redirects: HashMap<String, String>,
     pub(super) api_queue: VecDeque<u16>,
-    pub(super) rate_limit: Option<u32>,}
+    pub(super) rate_limit: Option<u32>,
+}
 
 impl Default for Knobs {
     fn default() -> Self {
@@ -69,7 +72,8 @@ pub(super) struct Counters {
     pub(super) rate_limited: AtomicU64,
     pub(super) refresh_reuses: AtomicU64,
     /// Login and refresh calls answered with a usable token set.
-    pub(super) good_auth_answers: AtomicU64,}
+    pub(super) good_auth_answers: AtomicU64,
+}
 
 #[derive(Debug, Default)]
 pub(super) struct Tokens {
@@ -78,7 +82,8 @@ pub(super) struct Tokens {
     pub(super) refresh: HashSet<String>,
     /// Refresh tokens rotated away: presenting one again is a reuse.
     pub(super) spent_refresh: HashSet<String>,
-    pub(super) next: u64,}
+    pub(super) next: u64,
+}
 
 #[derive(Debug)]
 pub(super) struct Shared {
@@ -89,7 +94,8 @@ pub(super) struct Shared {
     pub(super) invited: Mutex<HashSet<String>>,
     pub(super) seen: Mutex<Vec<SeenRequest>>,
     /// When the calls admitted within the last minute arrived, for the rate limit.
-    pub(super) admitted: Mutex<VecDeque<Instant>>,}
+    pub(super) admitted: Mutex<VecDeque<Instant>>,
+}
 
 /// The shape of a token answer: each endpoint answers its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +286,11 @@ impl Shared {
     }
 }
 
-pub(super) async fn login(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn login(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     shared.counters.logins.fetch_add(1, SeqCst);
     if let Some(limited) = shared.rate_limit() {
         return limited;
@@ -405,7 +415,11 @@ pub(super) async fn logout(State(shared): State<Arc<Shared>>, headers: HeaderMap
     axum::Json(json!({"success": true, "data": "User logged out successfully."})).into_response()
 }
 
-pub(super) async fn sign_up(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn sign_up(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     shared.counters.sign_ups.fetch_add(1, SeqCst);
     if let Some(limited) = shared.rate_limit() {
         return limited;

@@ -1,0 +1,179 @@
+//! 401s that are not the token's fault. An endpoint the user may not access answers 401 whatever
+//! the token; renewing for each such 401 would spend IQM's rate limit one call per request. The
+//! proof that an endpoint refuses the user is that it answered 401 to two different tokens in a
+//! row (the second one obtained after its first 401, typically for the replay); a revocation
+//! makes the next token work. An endpoint is the path of the answer's final URL.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use reqwest::Url;
+
+use super::Session;
+
+/// How many endpoints are remembered at most; past it, a 401 is treated as the token's fault.
+const MAX_ENDPOINTS: usize = 256;
+
+/// The longest a refusing endpoint's 401s are handed back before one renews again.
+const MAX_REFUSAL_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// What the session knows of endpoints that answered 401.
+///
+/// Invariants: a 401 from an endpoint with no proof against it renews the token, so a
+/// revocation is recovered at once whatever else is going on; an endpoint proven to refuse has
+/// its 401s handed back without a renewal for a window that doubles each time it is proven
+/// again (from the configured window up to [`MAX_REFUSAL_WINDOW`]); an answer other than 401
+/// from an endpoint forgets everything about it.
+#[derive(Debug, Default)]
+pub(super) struct Refusals {
+    /// By a hash of the endpoint's path, so no path is kept.
+    endpoints: HashMap<u64, Endpoint, BuildHasherDefault<DefaultHasher>>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    /// The generation of the last token it answered 401 to.
+    refused: u64,
+    /// Until when its 401s are handed back, and how long that window was.
+    proven: Option<(Instant, Duration)>,
+}
+
+fn endpoint_key(url: &Url) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(url.path())
+}
+
+impl Refusals {
+    /// Records a 401 from `url` to token `generation` at `now`; whether it is the endpoint's
+    /// refusal rather than the token's fault.
+    fn refused(&mut self, url: &Url, generation: u64, now: Instant, window: Duration) -> bool {
+        let key = endpoint_key(url);
+        if !self.endpoints.contains_key(&key) && self.endpoints.len() >= MAX_ENDPOINTS {
+            self.endpoints
+                .retain(|_, endpoint| endpoint.proven.is_some_and(|(until, _)| now < until));
+            if self.endpoints.len() >= MAX_ENDPOINTS {
+                return false;
+            }
+        }
+        let endpoint = self.endpoints.entry(key).or_insert(Endpoint {
+            refused: generation,
+            proven: None,
+        });
+        match endpoint.proven {
+            Some((until, _)) if now < until => return true,
+            _ => {}
+        }
+        if endpoint.refused == generation {
+            return false;
+        }
+        endpoint.refused = generation;
+        let window = match endpoint.proven {
+            Some((_, last)) => last.saturating_mul(2).min(MAX_REFUSAL_WINDOW.max(window)),
+            None => window,
+        };
+        endpoint.proven = now.checked_add(window).map(|until| (until, window));
+        true
+    }
+
+    /// Forgets `url`'s endpoint: it answered other than 401.
+    fn served(&mut self, url: &Url) {
+        self.endpoints.remove(&endpoint_key(url));
+    }
+}
+
+impl Session {
+    /// Whether a 401 from `url` to a request sent with token `generation` is the endpoint
+    /// refusing the user rather than the token's fault; such a 401 is handed back without a
+    /// renewal.
+    pub(crate) fn unauthorized_is_not_the_tokens_fault(&self, url: &Url, generation: u64) -> bool {
+        let mut refusals = self.refusals.lock();
+        let refused = refusals.refused(
+            url,
+            generation,
+            self.clock.now(),
+            self.policy.endpoint_refusal_window,
+        );
+        self.refusals_known
+            .store(!refusals.endpoints.is_empty(), Ordering::Relaxed);
+        refused
+    }
+
+    /// Notes that `url` answered other than 401. Cheap enough for every response: one relaxed
+    /// load while no endpoint has answered 401.
+    pub(crate) fn served(&self, url: &Url) {
+        if self.refusals_known.load(Ordering::Relaxed) {
+            let mut refusals = self.refusals.lock();
+            refusals.served(url);
+            self.refusals_known
+                .store(!refusals.endpoints.is_empty(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn url(path: &str) -> Url {
+        Url::parse(&format!("https://api.iqm.com{path}")).unwrap()
+    }
+
+    #[test]
+    fn a_401_to_one_token_is_the_tokens_fault_and_to_the_next_one_the_endpoints() {
+        let t0 = Instant::now();
+        let mut refusals = Refusals::default();
+        let forbidden = url("/api/v3/forbidden");
+        assert!(!refusals.refused(&forbidden, 1, t0, WINDOW));
+        assert!(
+            !refusals.refused(&forbidden, 1, t0, WINDOW),
+            "the same token"
+        );
+        assert!(
+            refusals.refused(&forbidden, 2, t0, WINDOW),
+            "a renewed token"
+        );
+        assert!(refusals.refused(&forbidden, 2, t0 + WINDOW / 2, WINDOW));
+        // Another endpoint's 401 is still a revocation.
+        assert!(!refusals.refused(&url("/api/v3/campaigns"), 2, t0, WINDOW));
+    }
+
+    #[test]
+    fn the_window_doubles_each_time_the_endpoint_is_proven_again_and_a_success_resets_it() {
+        let t0 = Instant::now();
+        let mut refusals = Refusals::default();
+        let forbidden = url("/forbidden");
+        assert!(!refusals.refused(&forbidden, 1, t0, WINDOW));
+        assert!(refusals.refused(&forbidden, 2, t0, WINDOW));
+        let t1 = t0 + WINDOW;
+        assert!(!refusals.refused(&forbidden, 2, t1, WINDOW), "window over");
+        assert!(refusals.refused(&forbidden, 3, t1, WINDOW));
+        assert!(refusals.refused(
+            &forbidden,
+            3,
+            t1 + WINDOW * 2 - Duration::from_millis(1),
+            WINDOW
+        ));
+        assert!(!refusals.refused(&forbidden, 3, t1 + WINDOW * 2, WINDOW));
+
+        refusals.served(&forbidden);
+        assert!(!refusals.refused(&forbidden, 4, t1, WINDOW));
+        assert!(refusals.refused(&forbidden, 5, t1, WINDOW));
+        assert!(
+            !refusals.refused(&forbidden, 5, t1 + WINDOW, WINDOW),
+            "back to the first window"
+        );
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let t0 = Instant::now();
+        let mut refusals = Refusals::default();
+        for n in 0..MAX_ENDPOINTS * 2 {
+            refusals.refused(&url(&format!("/campaigns/{n}")), 1, t0, WINDOW);
+        }
+        assert!(refusals.endpoints.len() <= MAX_ENDPOINTS);
+    }
+}
