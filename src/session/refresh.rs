@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use tracing::{debug, info, warn};
 
-use crate::error::{AuthEndpoint, AuthError};
+use crate::error::{AuthEndpoint, AuthError, FailureClass};
 use crate::secret::Secret;
 use crate::stats::RenewReason;
 use crate::token::CachedToken;
@@ -116,16 +116,17 @@ impl Session {
                 state.unmark(refresh_token);
                 Err(err)
             }
-            Err(err) if err.is_transient() => {
-                if err.iqm_did_not_act() {
+            Err(err) if err.class() == FailureClass::Rejected => {
+                warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in");
+                Ok(None)
+            }
+            Err(err) => {
+                // Down, slow, or answering what cannot be read: the grant rests.
+                if err.is_transient() && err.iqm_did_not_act() {
                     state.unmark(refresh_token);
                 }
                 state.rest_until = issued.checked_add(REFRESH_REST);
                 warn!(class = %err.class(), error = %err, spent = state.is_spent(refresh_token), "the IQM token refresh failed; logging in");
-                Ok(None)
-            }
-            Err(err) => {
-                warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in");
                 Ok(None)
             }
         }
