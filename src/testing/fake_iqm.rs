@@ -18,7 +18,8 @@ use crate::IqmAuth;
 use crate::clock::{Clock, SystemClock};
 use crate::config::IqmAuthBuilder;
 
-use super::server::{Shared, login, logout, protected_api, sign_up, token};
+use super::routes::{login, logout, protected_api, sign_up, token};
+use super::server::Shared;
 
 /// The client id the fake accepts.
 pub const CLIENT_ID: &str = "fake-client-id";

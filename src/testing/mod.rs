@@ -21,6 +21,7 @@
 
 mod clock;
 mod fake_iqm;
+mod routes;
 mod server;
 
 pub use clock::ManualClock;
