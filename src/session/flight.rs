@@ -65,7 +65,7 @@ impl Session {
         stale: Option<u64>,
     ) -> Result<Arc<CachedToken>, AuthError> {
         for _ in 0..=INTERRUPTED_RENEWAL_RETRIES {
-            let mut outcome = match self.join_or_start(reason, stale)? {
+            let mut outcome = match self.join_or_start_or_trust(reason, stale)? {
                 Joined::Newer(token) => return Ok(token),
                 Joined::Waiting(outcome) => outcome,
             };
@@ -82,7 +82,26 @@ impl Session {
     /// Starts a renewal in the background (or leaves the running one be), for a caller that
     /// does not wait for it.
     pub(crate) fn start_renewal(self: &Arc<Self>, reason: RenewReason, stale: Option<u64>) {
-        drop(self.join_or_start(reason, stale));
+        drop(self.join_or_start_or_trust(reason, stale));
+    }
+
+    /// [`join_or_start`](Self::join_or_start); when no renewal can start (renewals paused, the
+    /// budget spent), the stale token's refused mark is cleared, so that requests send it
+    /// again rather than fail on a renewal that will not come.
+    fn join_or_start_or_trust(
+        self: &Arc<Self>,
+        reason: RenewReason,
+        stale: Option<u64>,
+    ) -> Result<Joined, AuthError> {
+        let joined = self.join_or_start(reason, stale);
+        if joined.is_err() {
+            if let Some(token) = self.current.load().as_deref() {
+                if Some(token.generation) == stale {
+                    token.clear_refused();
+                }
+            }
+        }
+        joined
     }
 
     /// Joins the running renewal, returns a token newer than `stale`, fails fast while renewals

@@ -90,8 +90,8 @@ pub(crate) struct Session {
     publishing: tokio::sync::Mutex<()>,
     /// Endpoints that answered 401, to tell a refusing endpoint from a revoked token.
     refusals: Mutex<refusals::Refusals>,
-    /// Whether `refusals` holds any endpoint: the hot path reads only this.
-    refusals_known: AtomicBool,
+    /// A filter of the endpoints `refusals` holds: the hot path reads only this.
+    refusal_bits: AtomicU64,
     /// Whether the warning about `expires_in` 0 was logged (it is logged once, not per request).
     warned_zero_lifetime: AtomicBool,
     next_generation: AtomicU64,
@@ -148,7 +148,7 @@ impl Session {
             logout_epoch: AtomicU64::new(0),
             publishing: tokio::sync::Mutex::new(()),
             refusals: Mutex::default(),
-            refusals_known: AtomicBool::new(false),
+            refusal_bits: AtomicU64::new(0),
             warned_zero_lifetime: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
             refresh_state: Mutex::default(),

@@ -44,6 +44,11 @@ fn endpoint_key(url: &Url) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(url.path())
 }
 
+/// The bit of `key` in [`Refusals::bits`].
+fn bit(key: u64) -> u64 {
+    1 << (key % 64)
+}
+
 impl Refusals {
     /// Records a 401 from `url` to token `generation` at `now`; whether it is the endpoint's
     /// refusal rather than the token's fault.
@@ -76,9 +81,15 @@ impl Refusals {
         true
     }
 
-    /// Forgets `url`'s endpoint: it answered other than 401.
-    fn served(&mut self, url: &Url) {
-        self.endpoints.remove(&endpoint_key(url));
+    /// Forgets the endpoint of `key`: it answered other than 401.
+    fn served(&mut self, key: u64) {
+        self.endpoints.remove(&key);
+    }
+
+    /// A 64-bit filter of the endpoints known: a response whose endpoint's bit is not set
+    /// needs no look at the map, so the hot path takes no lock for it.
+    fn bits(&self) -> u64 {
+        self.endpoints.keys().fold(0, |bits, key| bits | bit(*key))
     }
 }
 
@@ -94,19 +105,23 @@ impl Session {
             self.clock.now(),
             self.policy.endpoint_refusal_window,
         );
-        self.refusals_known
-            .store(!refusals.endpoints.is_empty(), Ordering::Relaxed);
+        self.refusal_bits.store(refusals.bits(), Ordering::Relaxed);
         refused
     }
 
     /// Notes that `url` answered other than 401. Cheap enough for every response: one relaxed
-    /// load while no endpoint has answered 401.
+    /// load while no endpoint has answered 401, and a hash of the path (no lock) unless this
+    /// endpoint, or one sharing its filter bit, has.
     pub(crate) fn served(&self, url: &Url) {
-        if self.refusals_known.load(Ordering::Relaxed) {
+        let bits = self.refusal_bits.load(Ordering::Relaxed);
+        if bits == 0 {
+            return;
+        }
+        let key = endpoint_key(url);
+        if bits & bit(key) != 0 {
             let mut refusals = self.refusals.lock();
-            refusals.served(url);
-            self.refusals_known
-                .store(!refusals.endpoints.is_empty(), Ordering::Relaxed);
+            refusals.served(key);
+            self.refusal_bits.store(refusals.bits(), Ordering::Relaxed);
         }
     }
 }
@@ -158,13 +173,26 @@ mod tests {
         ));
         assert!(!refusals.refused(&forbidden, 3, t1 + WINDOW * 2, WINDOW));
 
-        refusals.served(&forbidden);
+        refusals.served(endpoint_key(&forbidden));
         assert!(!refusals.refused(&forbidden, 4, t1, WINDOW));
         assert!(refusals.refused(&forbidden, 5, t1, WINDOW));
         assert!(
             !refusals.refused(&forbidden, 5, t1 + WINDOW, WINDOW),
             "back to the first window"
         );
+    }
+
+    #[test]
+    fn the_filter_has_the_bit_of_every_endpoint_known() {
+        let t0 = Instant::now();
+        let mut refusals = Refusals::default();
+        assert_eq!(refusals.bits(), 0);
+        let forbidden = url("/forbidden");
+        refusals.refused(&forbidden, 1, t0, WINDOW);
+        let key = endpoint_key(&forbidden);
+        assert_eq!(refusals.bits(), bit(key));
+        refusals.served(key);
+        assert_eq!(refusals.bits(), 0);
     }
 
     #[test]
