@@ -3,6 +3,7 @@
 mod accounts;
 mod composition;
 mod concurrency;
+mod edges;
 mod fake;
 mod faults;
 mod fleet;
