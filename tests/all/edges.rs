@@ -4,11 +4,18 @@
 use std::time::Duration;
 
 use iqm_auth::AuthError;
+use iqm_auth::reqwest_middleware;
 use iqm_auth::testing::Answer;
 
-use crate::support::Harness;
+use crate::support::{Harness, auth_error, eventually};
 
+const HOUR: Duration = Duration::from_secs(3600);
 const SECOND: Duration = Duration::from_secs(1);
+
+/// The outcome of a request, with an error as the `AuthError`'s text: comparable and readable.
+fn outcome(result: Result<u16, reqwest_middleware::Error>) -> Result<u16, String> {
+    result.map_err(|err| auth_error(&err).to_string())
+}
 
 // 1. A refresh token that IQM may have acted on counts as spent: the next step is a login.
 
@@ -70,5 +77,78 @@ async fn a_refresh_cut_off_by_the_acquire_timeout_is_followed_by_a_login() {
         0,
         "a spent refresh token was presented"
     );
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (2, 1));
+}
+
+// 2. A 401-driven renewal treats the token as expired: one refresh try, then a login.
+
+#[tokio::test]
+async fn a_revoked_token_with_a_failing_refresh_endpoint_is_recovered_by_one_login() {
+    let h = Harness::start().await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    h.iqm.set_refresh_answer(Answer::Status(502));
+    h.iqm.revoke_all_access_tokens();
+
+    assert_eq!(outcome(h.get("/x").await), Ok(200));
+
+    assert_eq!(
+        (h.iqm.logins(), h.iqm.refreshes()),
+        (2, 1),
+        "one failed refresh, then one login"
+    );
+    for _ in 0..5 {
+        assert_eq!(h.get("/x").await.unwrap(), 200);
+    }
+    assert_eq!(h.iqm.auth_calls(), 3);
+}
+
+// 3. Refresh down, login up: the login fallback is never refused at expiry.
+
+/// Real time (9 s): the failed refresh calls' backoff runs on tokio's timer, so a manual clock
+/// would let the token expire in the middle of a renewal at a point the test does not control.
+#[tokio::test]
+async fn with_the_refresh_endpoint_down_and_login_up_no_request_fails_at_expiry() {
+    let h = Harness::start().await;
+    h.iqm.set_token_lifetime(Duration::from_secs(4));
+    h.iqm.set_refresh_answer(Answer::Status(500));
+
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = Vec::new();
+    for _ in 0..45 {
+        tick.tick().await;
+        let result = outcome(h.get("/x").await);
+        if result != Ok(200) {
+            failed.push((started.elapsed().as_millis(), result));
+        }
+    }
+
+    assert!(
+        failed.is_empty(),
+        "failed requests (ms, outcome): {failed:?}"
+    );
+    assert_eq!(h.iqm.unauthorized(), 0);
+    assert_eq!(h.iqm.refresh_reuses(), 0);
+}
+
+// 4. A request made after `logout()` returned starts a renewal of its own.
+
+#[tokio::test]
+async fn a_request_made_after_logout_returned_logs_in_again() {
+    let (h, clock) = Harness::with_manual_clock(false).await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    h.iqm.set_refresh_delay(SECOND);
+
+    // A proactive refresh is in flight when the logout comes.
+    clock.advance(HOUR - Duration::from_secs(30));
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    eventually("the proactive refresh reached IQM", || {
+        h.iqm.refreshes() == 1
+    })
+    .await;
+    h.auth.logout().await.unwrap();
+
+    assert_eq!(outcome(h.get("/x").await), Ok(200));
     assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (2, 1));
 }
