@@ -1,11 +1,12 @@
 //! The edge cases issue: each scenario as the behaviour that must hold, with exact counts of
 //! what IQM received.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use iqm_auth::AuthError;
-use iqm_auth::reqwest_middleware;
-use iqm_auth::testing::Answer;
+use iqm_auth::reqwest_middleware::{self, ClientBuilder, Middleware, Next};
+use iqm_auth::testing::{Answer, FakeIqm, ManualClock};
 
 use crate::support::{Harness, auth_error, eventually};
 
@@ -151,4 +152,95 @@ async fn a_request_made_after_logout_returned_logs_in_again() {
 
     assert_eq!(outcome(h.get("/x").await), Ok(200));
     assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (2, 1));
+}
+
+// 5. 401s that are not the token's fault, under mixed traffic.
+
+/// Sits below the layer and has the fake answer 401 to every request for `path`, the original
+/// and any replay, whatever its token: an endpoint that refuses the user. (The fake answers
+/// queued statuses first come, first served; queuing one right before each such request, from
+/// inside the stack, is what keeps a replay from taking another request's answer.)
+struct RefusingEndpoint {
+    iqm: Arc<FakeIqm>,
+    path: &'static str,
+}
+
+#[async_trait::async_trait]
+impl Middleware for RefusingEndpoint {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        if request.url().path() == self.path {
+            self.iqm.queue_api_answers([401]);
+        }
+        next.run(request, extensions).await
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_always_answers_401_costs_at_most_two_renewals_under_mixed_traffic() {
+    let clock = Arc::new(ManualClock::new());
+    let iqm = Arc::new(FakeIqm::start_with_clock(clock.clone()).await.unwrap());
+    let auth = iqm
+        .auth_builder()
+        .background_renewal(false)
+        .build()
+        .unwrap();
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(auth.clone())
+        .with(RefusingEndpoint {
+            iqm: Arc::clone(&iqm),
+            path: "/forbidden",
+        })
+        .build();
+    let get = |path: &'static str| {
+        let request = client.get(iqm.url(path)).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    let renewals = || iqm.logins() + iqm.refreshes() - 1;
+    assert_eq!(get("/x").await, 200);
+
+    // 20 s of 4 requests a second to the refusing endpoint, 4 a second to others, interleaved;
+    // half-way through, IQM revokes the token.
+    let mut unexpected = Vec::new();
+    let mut revocation = None;
+    for tick in 0..160 {
+        if tick == 81 {
+            let before = renewals();
+            iqm.revoke_all_access_tokens();
+            let status = get("/x").await;
+            revocation = Some((status, renewals() - before));
+        } else {
+            let (path, expected) = if tick % 2 == 0 {
+                ("/forbidden", 401)
+            } else {
+                ("/x", 200)
+            };
+            let status = get(path).await;
+            if status != expected {
+                unexpected.push((tick, path, status));
+            }
+        }
+        clock.advance(Duration::from_millis(125));
+    }
+
+    let (revocation_status, revocation_renewals) = revocation.unwrap();
+    assert!(
+        renewals() - revocation_renewals <= 2,
+        "{} renewals for the refusing endpoint in 20 s",
+        renewals() - revocation_renewals
+    );
+    assert_eq!(
+        (revocation_status, revocation_renewals),
+        (200, 1),
+        "the revocation is recovered at once: one renewal, and the replay answered 200"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "(tick, path, status): {unexpected:?}"
+    );
+    assert_eq!(iqm.refresh_reuses(), 0);
 }
