@@ -244,3 +244,48 @@ async fn an_endpoint_that_always_answers_401_costs_at_most_two_renewals_under_mi
     );
     assert_eq!(iqm.refresh_reuses(), 0);
 }
+
+// 6. Hung calls are charged to the failed-call budget.
+
+/// Real time (70 s): the hangs are cut by reqwest's timeout and the acquisition's, which a
+/// manual clock does not move, and the window asserted on is a minute of the fake's arrivals.
+///
+/// The acquisition gives up at 5 s, during the third 2-s try of each renewal: that hung call
+/// arrived at IQM like the others and must be charged like them. (With the default 15 s all
+/// three tries time out within the acquisition, and each is charged when it does.)
+#[tokio::test]
+async fn logins_that_hang_past_their_timeout_stay_within_ten_calls_a_minute() {
+    let h = Harness::with(|b| {
+        b.auth_timeout(Duration::from_secs(2))
+            .acquire_timeout(Duration::from_secs(5))
+    })
+    .await;
+    h.iqm.set_login_delay(Duration::from_secs(24 * 3600));
+
+    // A request every 250 ms for 70 s; the login calls that arrived, sampled at each request.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut arrived = Vec::new();
+    let mut requests = Vec::new();
+    for _ in 0..280 {
+        tick.tick().await;
+        arrived.push(h.iqm.logins());
+        requests.push(tokio::spawn(h.client.get(h.iqm.url("/x")).send()));
+    }
+    tick.tick().await;
+    arrived.push(h.iqm.logins());
+
+    // 240 ticks of 250 ms: every 60-s window of samples.
+    let busiest_minute = arrived
+        .windows(241)
+        .map(|window| window[240] - window[0])
+        .max();
+    assert!(
+        busiest_minute.is_some_and(|calls| calls <= 10),
+        "login calls in the busiest minute: {busiest_minute:?}; all: {}",
+        h.iqm.logins()
+    );
+    for request in requests {
+        request.abort();
+    }
+}
