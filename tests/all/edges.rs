@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iqm_auth::AuthError;
 use iqm_auth::reqwest_middleware::{self, ClientBuilder, Middleware, Next};
-use iqm_auth::testing::{Answer, FakeIqm, ManualClock};
+use iqm_auth::testing::{Answer, EMAIL, FakeIqm, ManualClock};
+use iqm_auth::{AuthError, FailureClass};
 
 use crate::support::{Harness, auth_error, eventually};
 
@@ -287,5 +287,90 @@ async fn logins_that_hang_past_their_timeout_stay_within_ten_calls_a_minute() {
     );
     for request in requests {
         request.abort();
+    }
+}
+
+// 7. The rejection cool-down never wraps.
+
+#[tokio::test]
+async fn a_wrong_password_for_ten_hours_costs_four_logins_an_hour_after_the_first() {
+    let (h, clock) =
+        Harness::with_manual_clock_and(|b| b.credentials(EMAIL, "wrong password")).await;
+
+    // A request every 10 s for 10 hours; the logins of each hour.
+    let mut first_other_failure = None;
+    let mut per_hour = Vec::new();
+    let mut before = 0;
+    for hour in 0..10 {
+        for request in 0..360 {
+            let err = h.get("/x").await.unwrap_err();
+            let err = auth_error(&err);
+            if err.class() != FailureClass::Rejected && first_other_failure.is_none() {
+                first_other_failure = Some((hour * 3600 + request * 10, err.to_string()));
+            }
+            clock.advance(Duration::from_secs(10));
+        }
+        per_hour.push(h.iqm.logins() - before);
+        before = h.iqm.logins();
+    }
+
+    // 30 s doubling to 15 min: 8 logins in the first hour, then one every 15 min.
+    assert_eq!(per_hour, [8, 4, 4, 4, 4, 4, 4, 4, 4, 4]);
+    assert_eq!(
+        first_other_failure, None,
+        "(second, error) of the first failure that is not the refusal"
+    );
+    assert_eq!(h.iqm.api_calls(), 0);
+}
+
+// 8. A refusal inside a 200 is cooled down like a 4xx refusal.
+
+#[tokio::test]
+async fn a_login_refused_inside_a_200_for_an_hour_costs_eight_logins() {
+    let (h, clock) = Harness::with_manual_clock(false).await;
+    h.iqm.set_login_answer(Answer::ErrorEnvelope);
+
+    // A request every 10 s for an hour.
+    for _ in 0..360 {
+        let err = h.get("/x").await.unwrap_err();
+        assert_eq!(auth_error(&err).class(), FailureClass::Rejected);
+        clock.advance(Duration::from_secs(10));
+    }
+
+    // As for a 403: logins at 0, 30, 90, 210, 450, 930, 1830, 2730 s.
+    assert_eq!(h.iqm.logins(), 8);
+    assert_eq!(h.iqm.api_calls(), 0);
+}
+
+// 9. A 429 on a refresh after expiry is waited out, not answered with a login.
+
+#[tokio::test]
+async fn a_429_on_a_refresh_after_expiry_pauses_renewals_instead_of_logging_in() {
+    let (h, clock) = Harness::with_manual_clock(false).await;
+    h.iqm.set_token_lifetime(Duration::from_secs(3));
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    h.iqm.set_refresh_answer(Answer::StatusRetryAfter(429, 30));
+    clock.advance(Duration::from_secs(3));
+
+    // The next 5 s, a request every 200 ms.
+    let mut outcomes = Vec::new();
+    for _ in 0..25 {
+        outcomes.push(h.get("/x").await.map_err(|err| {
+            let err = auth_error(&err);
+            (err.to_string(), err.retry_after())
+        }));
+        clock.advance(Duration::from_millis(200));
+    }
+
+    assert_eq!(
+        (h.iqm.logins() - 1, h.iqm.refreshes()),
+        (0, 1),
+        "outcomes: {outcomes:?}"
+    );
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Err((_, Some(wait))) if !wait.is_zero() && *wait <= Duration::from_secs(30)),
+            "{outcome:?}"
+        );
     }
 }
