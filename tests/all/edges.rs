@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use iqm_auth::reqwest_middleware::{self, ClientBuilder, Middleware, Next};
 use iqm_auth::testing::{Answer, EMAIL, FakeIqm, ManualClock};
-use iqm_auth::{AuthError, FailureClass};
+use iqm_auth::{AuthError, FailureClass, FileTokenStore, MemoryTokenStore};
 
-use crate::support::{Harness, auth_error, eventually};
+use crate::support::{Harness, auth_error, client_with, eventually, get_through};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const SECOND: Duration = Duration::from_secs(1);
@@ -373,4 +373,113 @@ async fn a_429_on_a_refresh_after_expiry_pauses_renewals_instead_of_logging_in()
             "{outcome:?}"
         );
     }
+}
+
+// 10. Only a 401 from IQM's origin speaks about IQM's token.
+
+#[tokio::test]
+async fn a_401_from_another_origin_after_a_redirect_renews_nothing() {
+    // No `redirect_policy()`: reqwest follows IQM's redirect to a third party.
+    let h = Harness::start().await;
+    let elsewhere = FakeIqm::start().await.unwrap();
+    h.iqm.redirect("/elsewhere", &elsewhere.url("/landing"));
+
+    // Each redirected request after one that IQM served.
+    for _ in 0..5 {
+        assert_eq!(h.get("/x").await.unwrap(), 200);
+        assert_eq!(h.get("/elsewhere").await.unwrap(), 401);
+    }
+
+    let stats = h.auth.stats();
+    assert_eq!(
+        (h.iqm.logins(), h.iqm.refreshes()),
+        (1, 0),
+        "renewals for the third party's 401s"
+    );
+    assert_eq!(
+        (stats.renewals_unauthorized, stats.unauthorized_replays),
+        (0, 0)
+    );
+    assert_eq!(elsewhere.unauthorized(), 5);
+}
+
+// 11. A stored session of another account is not resumed.
+
+#[tokio::test]
+async fn a_stored_session_of_another_account_is_not_resumed() {
+    let (a, b) = (
+        FakeIqm::start().await.unwrap(),
+        FakeIqm::start().await.unwrap(),
+    );
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("session.json");
+    let on_file = |iqm: &FakeIqm| {
+        iqm.auth_builder()
+            .token_store(Arc::new(FileTokenStore::new(&path)))
+            .build()
+            .unwrap()
+    };
+    let layer_a = on_file(&a);
+    assert_eq!(get_through(&a, &layer_a).await, 200);
+    drop(layer_a);
+
+    let layer_b = on_file(&b);
+    for _ in 0..3 {
+        assert_eq!(get_through(&b, &layer_b).await, 200);
+    }
+
+    assert_eq!(b.unauthorized(), 0, "B was sent A's token");
+    let seen = b.seen_requests();
+    assert!(seen.iter().all(|request| request.valid_bearer), "{seen:?}");
+    assert_eq!(
+        (b.logins(), b.refreshes()),
+        (1, 0),
+        "B logs in once, and never presents A's refresh token"
+    );
+    assert_eq!(a.auth_calls(), 1);
+}
+
+// 12. Two live layers sharing one store never present a spent refresh token.
+
+#[tokio::test]
+async fn two_live_layers_sharing_one_store_never_present_a_spent_refresh_token() {
+    let clock = Arc::new(ManualClock::new());
+    let iqm = FakeIqm::start_with_clock(clock.clone()).await.unwrap();
+    iqm.set_token_lifetime(Duration::from_secs(2));
+    let store = Arc::new(MemoryTokenStore::default());
+    let layer = || {
+        iqm.auth_builder()
+            .token_store(store.clone())
+            .background_renewal(false)
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (layer(), layer());
+    let (first_client, second_client) = (client_with(&first), client_with(&second));
+    let get = |client: &reqwest_middleware::ClientWithMiddleware| {
+        let request = client.get(iqm.url("/x")).send();
+        async move {
+            request
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string())
+        }
+    };
+    // The second layer starts once the first has stored its session, and resumes it.
+    assert_eq!(get(&first_client).await, Ok(200));
+
+    // A request through each every 200 ms for 10 s.
+    let mut failed = Vec::new();
+    for tick in 0..50 {
+        let (a, b) = tokio::join!(get(&first_client), get(&second_client));
+        for (layer, result) in [("first", a), ("second", b)] {
+            if result != Ok(200) {
+                failed.push((tick, layer, result));
+            }
+        }
+        clock.advance(Duration::from_millis(200));
+    }
+
+    assert_eq!(iqm.refresh_reuses(), 0, "spent refresh tokens presented");
+    assert!(failed.is_empty(), "(tick, layer, outcome): {failed:?}");
 }
