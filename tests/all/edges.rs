@@ -2,6 +2,7 @@
 //! what IQM received.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iqm_auth::reqwest_middleware::{self, ClientBuilder, Middleware, Next};
@@ -482,4 +483,41 @@ async fn two_live_layers_sharing_one_store_never_present_a_spent_refresh_token()
 
     assert_eq!(iqm.refresh_reuses(), 0, "spent refresh tokens presented");
     assert!(failed.is_empty(), "(tick, layer, outcome): {failed:?}");
+}
+
+// Limits to remove: with replay off, a 401 is handed back at once.
+
+#[tokio::test]
+async fn with_replay_off_a_401_is_handed_back_before_its_renewal_finishes() {
+    let announced = Arc::new(AtomicUsize::new(0));
+    let h = Harness::with({
+        let announced = announced.clone();
+        move |b| {
+            b.replay_unauthorized(false).on_new_tokens(move |_| {
+                announced.fetch_add(1, Ordering::SeqCst);
+            })
+        }
+    })
+    .await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    h.iqm.set_refresh_delay(Duration::from_secs(2));
+    h.iqm.revoke_all_access_tokens();
+
+    assert_eq!(h.get("/x").await.unwrap(), 401);
+    assert_eq!(
+        announced.load(Ordering::SeqCst),
+        1,
+        "the 401 waited for its renewal to finish"
+    );
+
+    eventually("the renewal reached IQM", || h.iqm.refreshes() == 1).await;
+    eventually("the renewal finished", || {
+        announced.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    assert_eq!(
+        (h.iqm.logins(), h.iqm.refreshes(), h.iqm.unauthorized()),
+        (1, 1, 1)
+    );
 }
