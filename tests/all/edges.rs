@@ -438,6 +438,7 @@ async fn a_stored_session_of_another_account_is_not_resumed() {
         "B logs in once, and never presents A's refresh token"
     );
     assert_eq!(a.auth_calls(), 1);
+    assert_eq!(layer_b.stats().foreign_sessions_ignored, 1);
 }
 
 // 12. Two live layers sharing one store never present a spent refresh token.
