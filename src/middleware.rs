@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{AUTHORIZATION, Entry, HeaderName};
 use http::{Extensions, HeaderMap, StatusCode};
@@ -221,7 +220,9 @@ fn recover<'a>(
             renew_in_background(inner, generation);
             return Ok(response);
         };
-        discard(response).await;
+        // Not kept through the renewal and the replay: a 401 whose body has not all arrived
+        // would hold its connection all that time.
+        drop(response);
         tracing::debug!(generation, "IQM answered 401; renewing the token");
         session.token_refused(generation);
         let token = session
@@ -237,29 +238,10 @@ fn recover<'a>(
     })
 }
 
-/// The most of an answer [`discard`] reads, and for how long.
-const DISCARD_LIMIT: usize = 16 * 1024;
-const DISCARD_WAIT: Duration = Duration::from_millis(100);
-
-/// Drops an answer that is not handed back. What is left of a small body is read first (it has
-/// usually arrived with the headers), so that over HTTP/1 its connection goes back to the pool
-/// for the replay instead of being closed.
-async fn discard(mut response: Response) {
-    let drain = async {
-        let mut left = DISCARD_LIMIT;
-        while let Ok(Some(chunk)) = response.chunk().await {
-            let Some(rest) = left.checked_sub(chunk.len()) else {
-                return;
-            };
-            left = rest;
-        }
-    };
-    let _ = tokio::time::timeout(DISCARD_WAIT, drain).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_replay_copy_of_a_bodiless_request_equals_try_clone() {
