@@ -276,7 +276,8 @@ impl IqmAuthBuilder {
     }
 
     /// Called with every new token set obtained from IQM (after it is saved to the token
-    /// store), for keeping tokens somewhere of your own. Keep it quick: renewals wait for it.
+    /// store), for keeping tokens somewhere of your own. Requests do not wait for it (they get
+    /// the new token first), but the next renewal does: keep it quick.
     pub fn on_new_tokens(mut self, hook: impl Fn(&StoredTokens) + Send + Sync + 'static) -> Self {
         self.on_new_tokens = Some(NewTokensHook(Arc::new(hook)));
         self

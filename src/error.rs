@@ -217,13 +217,16 @@ impl AuthError {
     }
 
     /// Whether IQM provably did not act on the call: the connection was never made, or IQM
-    /// answered with a non-2xx status. Any other failure (a timeout after the call was sent, a
-    /// connection cut before the whole answer arrived, a 2xx answer that could not be read)
+    /// answered with a non-2xx status (500, 502, 503, 429, a refusal). Any other failure (a
+    /// timeout after the call was sent, a connection cut before the whole answer arrived, a 2xx
+    /// answer that could not be read, a gateway's 504, which says it stopped waiting for IQM)
     /// leaves the outcome unknown: IQM may have acted, say rotated a refresh token.
     pub(crate) fn iqm_did_not_act(&self) -> bool {
         match self {
             Self::Transport { source, .. } => source.is_connect(),
-            Self::Rejected { status, .. } => !status.is_success(),
+            Self::Rejected { status, .. } => {
+                !status.is_success() && *status != StatusCode::GATEWAY_TIMEOUT
+            }
             _ => false,
         }
     }

@@ -42,9 +42,13 @@ impl Session {
     /// The one place where a renewal obtains a token: through the fleet's shared session when
     /// one is configured and reachable, else on this replica's own, within the acquisition
     /// budget.
-    pub(super) async fn acquire(&self, reason: RenewReason) -> Result<Acquired, AuthError> {
+    pub(super) async fn acquire(
+        &self,
+        reason: RenewReason,
+        logout_epoch: u64,
+    ) -> Result<Acquired, AuthError> {
         if let Some(fleet) = &self.fleet {
-            if let Some((token, source)) = self.acquire_shared(fleet, reason).await? {
+            if let Some((token, source)) = self.acquire_shared(fleet, reason, logout_epoch).await? {
                 return Ok(Acquired {
                     token,
                     source,
@@ -53,7 +57,7 @@ impl Session {
             }
         }
         let budget = self.policy.acquire_timeout;
-        tokio::time::timeout(budget, self.acquire_on_own(reason))
+        tokio::time::timeout(budget, self.acquire_on_own(reason, logout_epoch))
             .await
             .unwrap_or(Err(AuthError::BudgetExhausted(budget)))
     }
@@ -61,8 +65,13 @@ impl Session {
     /// Acquisition by this replica alone, in its turn at the token store: a newer set the store
     /// holds if it serves, else IQM (renewing from that set if its refresh token may be
     /// presented).
-    async fn acquire_on_own(&self, reason: RenewReason) -> Result<Acquired, AuthError> {
-        let store_turn = Some(Arc::clone(&self.store_turn).lock_owned().await);
+    async fn acquire_on_own(
+        &self,
+        reason: RenewReason,
+        logout_epoch: u64,
+    ) -> Result<Acquired, AuthError> {
+        let store_turn = Some(Arc::clone(&self.store_shared.turn).lock_owned().await);
+        self.fenced(logout_epoch)?;
         let current = self.current.load_full();
         let mut base = current.clone();
         if let Some(stored) = self.newer_stored(current.as_deref()).await {
@@ -78,19 +87,15 @@ impl Session {
                     store_turn,
                 });
             }
-            // Expired or due: its refresh token, if it may be presented, renews it.
-            if stored
-                .refresh_token
-                .as_ref()
-                .is_some_and(|token| !self.refresh_state.lock().is_spent(token))
-            {
-                base = Some(stored);
-            }
+            // Expired or due: it is newer than this layer's, so it is the one to renew.
+            base = Some(stored);
         }
         // A set taken from the fleet's shared session is not refreshed here: another replica,
         // also on its own while the coordinator is down, may be spending the same refresh token.
         let base = base.filter(|p| p.shared_generation() == 0);
-        let token = self.obtain_from_iqm(reason, base.as_deref()).await?;
+        let token = self
+            .obtain_from_iqm(reason, base.as_deref(), logout_epoch)
+            .await?;
         Ok(Acquired {
             token,
             source: Source::Iqm,
@@ -99,16 +104,21 @@ impl Session {
     }
 
     /// A new token from IQM: the refresh grant for `previous` if it can be used, else a login.
+    /// Checked against `logout_epoch` before each call: a renewal a logout fenced off sends
+    /// nothing more.
     pub(super) async fn obtain_from_iqm(
         &self,
         reason: RenewReason,
         previous: Option<&CachedToken>,
+        logout_epoch: u64,
     ) -> Result<Arc<CachedToken>, AuthError> {
+        self.fenced(logout_epoch)?;
         if let Some(token) = self.refresh(reason, previous).await? {
             return Ok(token);
         }
         let token = self
             .with_retries(AuthEndpoint::Login, self.policy.auth_attempts, || async {
+                self.fenced(logout_epoch)?;
                 self.counters.login();
                 let issued = self.clock.now();
                 let set = self.api.login(&self.email, &self.password).await?;

@@ -13,7 +13,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// Invariant: at most `per_minute` failed calls in any 60 s, and at most `burst` in a row before
 /// the budget refills at `per_minute` a minute. A token bucket alone would allow
 /// `burst + per_minute` in a minute, so the calls of the last minute are kept too.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct CallBudget {
     per_minute: u32,
     burst: u32,
@@ -56,6 +56,17 @@ impl CallBudget {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or_default().max(b.unwrap_or_default())),
         }
+    }
+
+    /// Whether two calls may be sent at `now`, one after the other: a refresh that may fail,
+    /// and the login that would follow it.
+    pub(super) fn allows_two_at(&self, now: Instant) -> bool {
+        if self.wait_at(now).is_some() {
+            return false;
+        }
+        let mut after_one = self.clone();
+        let _first = after_one.reserve(now);
+        after_one.wait_at(now).is_none()
     }
 
     /// Takes one call at `now` from the budget, before it is sent; give it back with
@@ -175,6 +186,18 @@ mod tests {
             let _failed = budget.reserve(t0);
         }
         assert_eq!(budget.wait_at(t0), Some(S(6)));
+    }
+
+    #[test]
+    fn two_calls_are_allowed_while_the_burst_has_two_left() {
+        let t0 = Instant::now();
+        let mut budget = CallBudget::new(10, 3);
+        assert!(budget.allows_two_at(t0));
+        let _failed = budget.reserve(t0);
+        assert!(budget.allows_two_at(t0));
+        let _failed = budget.reserve(t0);
+        assert!(!budget.allows_two_at(t0));
+        assert_eq!(budget.wait_at(t0), None, "one call is still allowed");
     }
 
     #[test]

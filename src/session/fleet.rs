@@ -75,6 +75,7 @@ impl Session {
         &self,
         fleet: &Fleet,
         reason: RenewReason,
+        logout_epoch: u64,
     ) -> Result<Option<(Arc<CachedToken>, Source)>, AuthError> {
         let local = self.current.load_full();
         let patience = fleet.coordinator.lease_ttl() + self.policy.acquire_timeout;
@@ -104,7 +105,7 @@ impl Session {
             };
             if let Some(lease) = lease {
                 let renewed = self
-                    .renew_under_lease(fleet, &lease, reason, local.as_deref())
+                    .renew_under_lease(fleet, &lease, reason, local.as_deref(), logout_epoch)
                     .await;
                 self.coordinate(fleet, fleet.coordinator.release(&fleet.scope, &lease))
                     .await;
@@ -141,6 +142,7 @@ impl Session {
         lease: &Lease,
         reason: RenewReason,
         local: Option<&CachedToken>,
+        logout_epoch: u64,
     ) -> Result<UnderLease, AuthError> {
         // Another replica may have published between the first look and the lease.
         let Some(shared) = self
@@ -198,9 +200,10 @@ impl Session {
             .policy
             .acquire_timeout
             .min(fleet.coordinator.lease_ttl());
-        let obtained = tokio::time::timeout(budget, self.obtain_from_iqm(reason, base))
-            .await
-            .unwrap_or(Err(AuthError::BudgetExhausted(budget)));
+        let obtained =
+            tokio::time::timeout(budget, self.obtain_from_iqm(reason, base, logout_epoch))
+                .await
+                .unwrap_or(Err(AuthError::BudgetExhausted(budget)));
         let token = match obtained {
             Ok(token) => token,
             Err(err) => {
@@ -213,6 +216,10 @@ impl Session {
             }
         };
         let stored = self.stored_from_cached(&token);
+        // Under the publishing lock, which a logout holds from clearing the shared set to
+        // moving the epoch on: a renewal it fenced off publishes nothing to the fleet either.
+        let publishing = self.publishing.lock().await;
+        self.fenced(logout_epoch)?;
         let published = self
             .coordinate(
                 fleet,
@@ -221,6 +228,7 @@ impl Session {
                     .publish(&fleet.scope, lease, expected, &stored),
             )
             .await;
+        drop(publishing);
         match published {
             Some(Some(generation)) => {
                 token.set_shared_generation(generation);

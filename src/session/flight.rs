@@ -153,7 +153,7 @@ impl Session {
             sender,
         };
         runtime.spawn(
-            run_renewal(guard, reason, logout_epoch)
+            run_renewal(guard, reason, stale, logout_epoch)
                 .instrument(info_span!("iqm_auth.renew", %reason)),
         );
         Ok(Joined::Waiting(outcome))
@@ -192,60 +192,69 @@ impl Drop for RenewalGuard {
 /// Invariants: the cache only ever holds a complete token, replaced whole; a failed renewal never
 /// replaces it. A rotated refresh token is stored together with the access token it came with.
 /// A renewal that started before a logout (`logout_epoch` moved on) publishes nothing: its
-/// token is not cached, not saved and not handed to the hook.
-async fn run_renewal(guard: RenewalGuard, reason: RenewReason, logout_epoch: u64) {
+/// token is not cached, not saved and not handed to the hook. Waiters get the token as soon as
+/// it is cached; the save to the store follows, before the store's turn passes on.
+async fn run_renewal(
+    guard: RenewalGuard,
+    reason: RenewReason,
+    stale: Option<u64>,
+    logout_epoch: u64,
+) {
     let session = &guard.session;
-    let acquired = session.acquire(reason).await;
-    let result = {
-        // Held from the epoch check to the cache update, so that a logout cannot slip between.
-        let _publishing = session.publishing.lock().await;
-        let logged_out = session.logout_epoch.load(Ordering::Relaxed) != logout_epoch;
-        match acquired {
-            Ok(_) if logged_out => Err(AuthError::LoggedOut),
-            Ok(Acquired {
-                token,
-                source,
-                store_turn,
-            }) => {
-                // Before the token is published, so that stored sets follow the order of renewals.
-                if source == Source::Iqm {
-                    session.persist(&token).await;
-                }
-                // The next layer on the store reads it only now, with this set saved.
-                drop(store_turn);
-                let mut slot = session.renewal.lock();
-                session.current.store(Some(Arc::clone(&token)));
-                slot.pacing
-                    .record(Ok(()), session.clock.now(), &session.policy);
-                guard.free(&mut slot);
-                Ok(token)
-            }
-            Err(err) => Err(err),
+    let acquired = session.acquire(reason, logout_epoch).await;
+    // Held from the epoch check through the save, so that a logout cannot slip between.
+    let publishing = session.publishing.lock().await;
+    let acquired = match acquired {
+        Ok(_) if session.fenced(logout_epoch).is_err() => Err(AuthError::LoggedOut),
+        Ok(acquired) => {
+            let mut slot = session.renewal.lock();
+            session.current.store(Some(Arc::clone(&acquired.token)));
+            slot.pacing
+                .record(Ok(()), session.clock.now(), &session.policy);
+            guard.free(&mut slot);
+            Ok(acquired)
         }
+        Err(err) => Err(err),
     };
-    match &result {
-        Ok(token) => {
+    let err = match acquired {
+        Ok(Acquired {
+            token,
+            source,
+            store_turn,
+        }) => {
             debug!(generation = token.generation, "stored a new IQM token");
             session.counters.renewal_succeeded();
             session.ensure_renewer();
             session.renewer_wake.notify_one();
+            guard.sender.send_replace(Some(Ok(Arc::clone(&token))));
+            if source == Source::Iqm {
+                session.persist(&token).await;
+            }
+            // The next layer on the store reads it only now, with this set saved.
+            drop((publishing, store_turn));
+            return;
         }
-        Err(err) => {
-            if let Some(token) = session.current.load().as_deref() {
+        Err(err) => err,
+    };
+    drop(publishing);
+    {
+        let mut slot = session.renewal.lock();
+        guard.free(&mut slot);
+        // Under the slot's lock, so that a 401 marking the token now starts a renewal of its
+        // own rather than joining this one and keeping its mark.
+        if let Some(token) = session.current.load().as_deref() {
+            if Some(token.generation) == stale {
                 token.clear_refused();
             }
-            let mut slot = session.renewal.lock();
-            slot.pacing
-                .record(Err(err), session.clock.now(), &session.policy);
-            guard.free(&mut slot);
-            drop(slot);
-            if matches!(err, AuthError::LoggedOut) {
-                debug!("dropped the token of a renewal that a logout overtook");
-            } else {
-                session.counters.failed_renewal(err);
-                warn!(class = %err.class(), error = %err, "IQM token renewal failed");
-            }
         }
+        slot.pacing
+            .record(Err(&err), session.clock.now(), &session.policy);
     }
-    guard.sender.send_replace(Some(result));
+    if matches!(err, AuthError::LoggedOut) {
+        debug!("dropped the token of a renewal that a logout overtook");
+    } else {
+        session.counters.failed_renewal(&err);
+        warn!(class = %err.class(), error = %err, "IQM token renewal failed");
+    }
+    guard.sender.send_replace(Some(Err(err)));
 }

@@ -95,13 +95,12 @@ pub(crate) struct Session {
     /// Whether the warning about `expires_in` 0 was logged (it is logged once, not per request).
     warned_zero_lifetime: AtomicBool,
     next_generation: AtomicU64,
-    /// Refresh tokens that may be spent, and whether the refresh grant rests.
-    refresh_state: Mutex<refresh::RefreshState>,
     renewer: Mutex<Option<AbortHandle>>,
     renewer_wake: Arc<Notify>,
     store: Arc<dyn TokenStore>,
-    /// This layer's turn at its store, shared with every other layer on the same store.
-    store_turn: Arc<stored::StoreTurn>,
+    /// This layer's turn at its store, and the refresh tokens that may be spent (which the
+    /// store may hold), shared with every other layer on the same store.
+    store_shared: Arc<stored::StoreShared>,
     /// The fingerprint of this layer's account, kept with every stored set.
     account: AccountFingerprint,
     /// Whether a foreign stored session was warned about (once, not per renewal).
@@ -151,10 +150,9 @@ impl Session {
             refusal_bits: AtomicU64::new(0),
             warned_zero_lifetime: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
-            refresh_state: Mutex::default(),
             renewer: Mutex::new(None),
             renewer_wake: Arc::new(Notify::new()),
-            store_turn: stored::turn_of(&config.token_store),
+            store_shared: stored::shared_by_layers_of(&config.token_store),
             store: config.token_store,
             account: config.account,
             warned_foreign_session: AtomicBool::new(false),
@@ -218,6 +216,16 @@ impl Session {
         let token = self.renew(reason, stale).await?;
         token.mark_used();
         Ok(token)
+    }
+
+    /// `Err(LoggedOut)` once a logout has moved the epoch on from `logout_epoch`: a renewal
+    /// checks it before each auth call and before it publishes anything.
+    pub(super) fn fenced(&self, logout_epoch: u64) -> Result<(), AuthError> {
+        if self.logout_epoch.load(Ordering::Relaxed) == logout_epoch {
+            Ok(())
+        } else {
+            Err(AuthError::LoggedOut)
+        }
     }
 
     /// IQM answered 401 to token `generation`, and it may be the token's fault: requests stop

@@ -20,8 +20,9 @@ use super::Session;
 /// How many spent refresh tokens are remembered: more than a session ever has in play.
 const REMEMBERED_SPENT: usize = 8;
 
-/// How long the refresh grant rests after it failed transiently: renewals log in meanwhile, so
-/// a broken refresh endpoint costs one failed call per rest, not one per renewal.
+/// How long the refresh grant rests after it failed or was refused: renewals log in meanwhile,
+/// so a broken refresh endpoint (or one that refuses this client) costs one failed call per
+/// rest, not one per renewal.
 const REFRESH_REST: Duration = Duration::from_secs(30);
 
 /// What the session knows of its refresh tokens and of the refresh endpoint.
@@ -80,7 +81,7 @@ impl Session {
         };
         let issued = self.clock.now();
         {
-            let state = self.refresh_state.lock();
+            let state = self.store_shared.refresh.lock();
             if state.is_spent(refresh_token) {
                 debug!(%reason, "the refresh token may have been spent; logging in");
                 return Ok(None);
@@ -90,15 +91,19 @@ impl Session {
                 return Ok(None);
             }
         }
+        if !self.budget.lock().allows_two_at(issued) {
+            debug!(%reason, "the failed-call budget could not pay for a login after a failed refresh; logging in");
+            return Ok(None);
+        }
         let refreshed = self
             .budgeted(AuthEndpoint::Refresh, async {
-                self.refresh_state.lock().mark_spent(refresh_token);
+                self.store_shared.refresh.lock().mark_spent(refresh_token);
                 self.counters.refresh();
                 let set = self.api.refresh(refresh_token).await?;
                 self.cached_from_answer(set, issued, Some(previous))
             })
             .await;
-        let mut state = self.refresh_state.lock();
+        let mut state = self.store_shared.refresh.lock();
         match refreshed {
             Ok(token) => {
                 if token.refresh_token.as_ref() == Some(refresh_token) {
@@ -116,17 +121,18 @@ impl Session {
                 state.unmark(refresh_token);
                 Err(err)
             }
-            Err(err) if err.class() == FailureClass::Rejected => {
-                warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in");
-                Ok(None)
-            }
             Err(err) => {
-                // Down, slow, or answering what cannot be read: the grant rests.
+                // Refused, down, slow, or answering what cannot be read: the grant rests, so
+                // that renewals meanwhile cost a login, not a failed refresh and a login.
                 if err.is_transient() && err.iqm_did_not_act() {
                     state.unmark(refresh_token);
                 }
                 state.rest_until = issued.checked_add(REFRESH_REST);
-                warn!(class = %err.class(), error = %err, spent = state.is_spent(refresh_token), "the IQM token refresh failed; logging in");
+                if err.class() == FailureClass::Rejected {
+                    warn!(class = %err.class(), error = %err, "IQM refused the token refresh; logging in");
+                } else {
+                    warn!(class = %err.class(), error = %err, spent = state.is_spent(refresh_token), "the IQM token refresh failed; logging in");
+                }
                 Ok(None)
             }
         }

@@ -1,8 +1,8 @@
 //! 401s that are not the token's fault. An endpoint the user may not access answers 401 whatever
 //! the token; renewing for each such 401 would spend IQM's rate limit one call per request. The
-//! proof that an endpoint refuses the user is that it answered 401 to two different tokens in a
-//! row (the second one obtained after its first 401, typically for the replay); a revocation
-//! makes the next token work. An endpoint is the path of the answer's final URL.
+//! proof that an endpoint refuses the user is that it answered 401 to a token and then to one
+//! obtained after that 401 (typically the replay's); a revocation makes the next token work. An
+//! endpoint is the path of the answer's final URL.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -34,10 +34,16 @@ pub(super) struct Refusals {
 
 #[derive(Debug)]
 struct Endpoint {
-    /// The generation of the last token it answered 401 to.
-    refused: u64,
+    /// Tokens of this generation or later were obtained after its last unproven 401.
+    obtained_since: u64,
     /// Until when its 401s are handed back, and how long that window was.
     proven: Option<(Instant, Duration)>,
+}
+
+impl Endpoint {
+    fn proven_at(&self, now: Instant) -> bool {
+        self.proven.is_some_and(|(until, _)| now < until)
+    }
 }
 
 fn endpoint_key(url: &Url) -> u64 {
@@ -50,40 +56,61 @@ fn bit(key: u64) -> u64 {
 }
 
 impl Refusals {
-    /// Records a 401 from `url` to token `generation` at `now`; whether it is the endpoint's
-    /// refusal rather than the token's fault.
-    fn refused(&mut self, url: &Url, generation: u64, now: Instant, window: Duration) -> bool {
+    /// Records a 401 from `url` to token `generation` at `now`, when the next token obtained
+    /// will be of generation `next`; whether it is the endpoint's refusal rather than the
+    /// token's fault.
+    fn refused(
+        &mut self,
+        url: &Url,
+        generation: u64,
+        next: u64,
+        now: Instant,
+        window: Duration,
+    ) -> bool {
         let key = endpoint_key(url);
         if !self.endpoints.contains_key(&key) && self.endpoints.len() >= MAX_ENDPOINTS {
-            self.endpoints
-                .retain(|_, endpoint| endpoint.proven.is_some_and(|(until, _)| now < until));
+            self.endpoints.retain(|_, endpoint| endpoint.proven_at(now));
             if self.endpoints.len() >= MAX_ENDPOINTS {
                 return false;
             }
         }
-        let endpoint = self.endpoints.entry(key).or_insert(Endpoint {
-            refused: generation,
-            proven: None,
-        });
-        match endpoint.proven {
-            Some((until, _)) if now < until => return true,
-            _ => {}
+        let Some(endpoint) = self.endpoints.get_mut(&key) else {
+            self.endpoints.insert(
+                key,
+                Endpoint {
+                    obtained_since: next,
+                    proven: None,
+                },
+            );
+            return false;
+        };
+        if endpoint.proven_at(now) {
+            return true;
         }
-        if endpoint.refused == generation {
+        if generation < endpoint.obtained_since {
+            // A token from before its last 401: no proof, and no news.
             return false;
         }
-        endpoint.refused = generation;
         let window = match endpoint.proven {
             Some((_, last)) => last.saturating_mul(2).min(MAX_REFUSAL_WINDOW.max(window)),
             None => window,
         };
+        endpoint.obtained_since = next;
         endpoint.proven = now.checked_add(window).map(|until| (until, window));
         true
     }
 
-    /// Forgets the endpoint of `key`: it answered other than 401.
-    fn served(&mut self, key: u64) {
-        self.endpoints.remove(&key);
+    /// Forgets the endpoint of `key`, which answered other than 401, unless it is proven to
+    /// refuse: a path that refuses one resource or workspace and serves another stays proven
+    /// for its window.
+    fn served(&mut self, key: u64, now: Instant) {
+        if self
+            .endpoints
+            .get(&key)
+            .is_some_and(|endpoint| !endpoint.proven_at(now))
+        {
+            self.endpoints.remove(&key);
+        }
     }
 
     /// A 64-bit filter of the endpoints known: a response whose endpoint's bit is not set
@@ -102,6 +129,7 @@ impl Session {
         let refused = refusals.refused(
             url,
             generation,
+            self.next_generation.load(Ordering::Relaxed),
             self.clock.now(),
             self.policy.endpoint_refusal_window,
         );
@@ -120,7 +148,7 @@ impl Session {
         let key = endpoint_key(url);
         if bits & bit(key) != 0 {
             let mut refusals = self.refusals.lock();
-            refusals.served(key);
+            refusals.served(key, self.clock.now());
             self.refusal_bits.store(refusals.bits(), Ordering::Relaxed);
         }
     }
@@ -141,18 +169,30 @@ mod tests {
         let t0 = Instant::now();
         let mut refusals = Refusals::default();
         let forbidden = url("/api/v3/forbidden");
-        assert!(!refusals.refused(&forbidden, 1, t0, WINDOW));
+        // Token 1 refused; the next token obtained will be 2.
+        assert!(!refusals.refused(&forbidden, 1, 2, t0, WINDOW));
         assert!(
-            !refusals.refused(&forbidden, 1, t0, WINDOW),
+            !refusals.refused(&forbidden, 1, 2, t0, WINDOW),
             "the same token"
         );
         assert!(
-            refusals.refused(&forbidden, 2, t0, WINDOW),
+            refusals.refused(&forbidden, 2, 3, t0, WINDOW),
             "a renewed token"
         );
-        assert!(refusals.refused(&forbidden, 2, t0 + WINDOW / 2, WINDOW));
+        assert!(refusals.refused(&forbidden, 2, 3, t0 + WINDOW / 2, WINDOW));
         // Another endpoint's 401 is still a revocation.
-        assert!(!refusals.refused(&url("/api/v3/campaigns"), 2, t0, WINDOW));
+        assert!(!refusals.refused(&url("/api/v3/campaigns"), 2, 3, t0, WINDOW));
+    }
+
+    #[test]
+    fn a_token_obtained_before_the_401_proves_nothing() {
+        let t0 = Instant::now();
+        let mut refusals = Refusals::default();
+        let forbidden = url("/forbidden");
+        // Token 5 refused while tokens up to 6 already existed (another renewal's).
+        assert!(!refusals.refused(&forbidden, 5, 7, t0, WINDOW));
+        assert!(!refusals.refused(&forbidden, 6, 7, t0, WINDOW));
+        assert!(refusals.refused(&forbidden, 7, 8, t0, WINDOW));
     }
 
     #[test]
@@ -160,24 +200,30 @@ mod tests {
         let t0 = Instant::now();
         let mut refusals = Refusals::default();
         let forbidden = url("/forbidden");
-        assert!(!refusals.refused(&forbidden, 1, t0, WINDOW));
-        assert!(refusals.refused(&forbidden, 2, t0, WINDOW));
-        let t1 = t0 + WINDOW;
-        assert!(!refusals.refused(&forbidden, 2, t1, WINDOW), "window over");
-        assert!(refusals.refused(&forbidden, 3, t1, WINDOW));
-        assert!(refusals.refused(
-            &forbidden,
-            3,
-            t1 + WINDOW * 2 - Duration::from_millis(1),
-            WINDOW
-        ));
-        assert!(!refusals.refused(&forbidden, 3, t1 + WINDOW * 2, WINDOW));
-
-        refusals.served(endpoint_key(&forbidden));
-        assert!(!refusals.refused(&forbidden, 4, t1, WINDOW));
-        assert!(refusals.refused(&forbidden, 5, t1, WINDOW));
+        let key = endpoint_key(&forbidden);
+        assert!(!refusals.refused(&forbidden, 1, 2, t0, WINDOW));
+        assert!(refusals.refused(&forbidden, 2, 3, t0, WINDOW));
+        refusals.served(key, t0);
         assert!(
-            !refusals.refused(&forbidden, 5, t1 + WINDOW, WINDOW),
+            refusals.refused(&forbidden, 2, 3, t0, WINDOW),
+            "proven: a success keeps it"
+        );
+        let t1 = t0 + WINDOW;
+        assert!(
+            !refusals.refused(&forbidden, 2, 3, t1, WINDOW),
+            "window over"
+        );
+        assert!(refusals.refused(&forbidden, 3, 4, t1, WINDOW));
+        let just_before = t1 + WINDOW * 2 - Duration::from_millis(1);
+        assert!(refusals.refused(&forbidden, 3, 4, just_before, WINDOW));
+        assert!(!refusals.refused(&forbidden, 3, 4, t1 + WINDOW * 2, WINDOW));
+
+        refusals.served(key, t1 + WINDOW * 2);
+        let t2 = t1 + WINDOW * 2;
+        assert!(!refusals.refused(&forbidden, 4, 5, t2, WINDOW));
+        assert!(refusals.refused(&forbidden, 5, 6, t2, WINDOW));
+        assert!(
+            !refusals.refused(&forbidden, 5, 6, t2 + WINDOW, WINDOW),
             "back to the first window"
         );
     }
@@ -188,10 +234,10 @@ mod tests {
         let mut refusals = Refusals::default();
         assert_eq!(refusals.bits(), 0);
         let forbidden = url("/forbidden");
-        refusals.refused(&forbidden, 1, t0, WINDOW);
+        refusals.refused(&forbidden, 1, 2, t0, WINDOW);
         let key = endpoint_key(&forbidden);
         assert_eq!(refusals.bits(), bit(key));
-        refusals.served(key);
+        refusals.served(key, t0);
         assert_eq!(refusals.bits(), 0);
     }
 
@@ -200,7 +246,7 @@ mod tests {
         let t0 = Instant::now();
         let mut refusals = Refusals::default();
         for n in 0..MAX_ENDPOINTS * 2 {
-            refusals.refused(&url(&format!("/campaigns/{n}")), 1, t0, WINDOW);
+            refusals.refused(&url(&format!("/campaigns/{n}")), 1, 2, t0, WINDOW);
         }
         assert!(refusals.endpoints.len() <= MAX_ENDPOINTS);
     }

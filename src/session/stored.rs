@@ -15,43 +15,51 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use parking_lot::Mutex;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::store::{NewTokensHook, StoreError, StoredTokens, TokenStore};
 use crate::token::{CachedToken, check_token_bytes};
 
 use super::Session;
+use super::refresh::RefreshState;
 
 /// The most a token store may take to load, save or clear.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A store's turn: held by one renewal at a time among the layers on that store.
-pub(super) type StoreTurn = tokio::sync::Mutex<()>;
+/// What every layer on one store shares: the turn, held by one renewal at a time from its
+/// read of the store to the save of its outcome; and what is known of the refresh tokens the
+/// store holds or held (which may be spent), since any layer on it may read them.
+#[derive(Debug, Default)]
+pub(super) struct StoreShared {
+    pub(super) turn: Arc<tokio::sync::Mutex<()>>,
+    pub(super) refresh: Mutex<RefreshState>,
+}
 
-/// The turn of every store in use, by the store's address. Every session holds its store and
-/// its turn together, so while an entry is alive its address names that one store.
-static TURNS: Mutex<Vec<(usize, Weak<StoreTurn>)>> = Mutex::new(Vec::new());
+/// The shared state of every store in use, by the store's address. Every session holds its
+/// store and that state together, so while an entry is alive its address names that one store.
+static STORES: Mutex<Vec<(usize, Weak<StoreShared>)>> = Mutex::new(Vec::new());
 
-/// The turn shared by every layer on `store`.
-pub(super) fn turn_of(store: &Arc<dyn TokenStore>) -> Arc<StoreTurn> {
+/// The state shared by every layer on `store`.
+pub(super) fn shared_by_layers_of(store: &Arc<dyn TokenStore>) -> Arc<StoreShared> {
     let address = Arc::as_ptr(store).cast::<()>() as usize;
-    let mut turns = TURNS.lock();
-    turns.retain(|(_, turn)| turn.strong_count() > 0);
-    if let Some(turn) = turns
+    let mut stores = STORES.lock();
+    stores.retain(|(_, shared)| shared.strong_count() > 0);
+    if let Some(shared) = stores
         .iter()
         .find(|(at, _)| *at == address)
-        .and_then(|(_, turn)| turn.upgrade())
+        .and_then(|(_, shared)| shared.upgrade())
     {
-        return turn;
+        return shared;
     }
-    let turn = Arc::new(StoreTurn::new(()));
-    turns.push((address, Arc::downgrade(&turn)));
-    turn
+    let shared = Arc::new(StoreShared::default());
+    stores.push((address, Arc::downgrade(&shared)));
+    shared
 }
 
 impl Session {
-    /// The set the store holds, if it is usable, this account's, and not `current` (another
-    /// layer on the store saved it, or this one before a restart).
+    /// The set the store holds, if it is usable, this account's, newer than `current` (another
+    /// layer on the store saved it, or this one before a restart), and not renewed from a
+    /// refresh token that may be spent.
     pub(super) async fn newer_stored(
         &self,
         current: Option<&CachedToken>,
@@ -75,6 +83,25 @@ impl Session {
                 );
             }
             return None;
+        }
+        // A set whose refresh token was presented, and whose replacement was never saved.
+        if stored
+            .refresh_token
+            .as_ref()
+            .is_some_and(|token| self.store_shared.refresh.lock().is_spent(token))
+        {
+            debug!("the token store holds a set whose refresh token may be spent; ignoring it");
+            return None;
+        }
+        // Older than this layer's own (a save of this layer's failed): not a step back.
+        if let Some(current) = current {
+            let remaining = current
+                .deadlines
+                .expires_at
+                .saturating_duration_since(self.clock.now());
+            if stored.expires_at <= SystemTime::now() + remaining {
+                return None;
+            }
         }
         let token = self.cached_from_stored(stored);
         if token.is_none() {

@@ -8,6 +8,7 @@ mod fake;
 mod faults;
 mod fleet;
 mod hardening;
+mod interleavings;
 mod login;
 mod renewal;
 mod secrets;

@@ -1,0 +1,308 @@
+//! Interleavings found in review, each as the behaviour the promises require: a spent refresh
+//! token never presented by another layer on the store, nor after a failed save; a refusing
+//! endpoint that also serves; a token kept while renewals pause; a logout that fences the fleet.
+//! Each failed before its fix.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use iqm_auth::testing::{Answer, FakeIqm};
+use iqm_auth::{
+    CoordinatorError, Lease, MemoryCoordinator, MemoryTokenStore, SessionCoordinator, SharedTokens,
+    StoreError, StoredTokens, TokenStore,
+};
+
+use crate::support::{Harness, get_through};
+
+// What may be spent is known to every layer on the store, not only to the one that spent it.
+#[tokio::test]
+async fn a_second_layer_never_presents_a_refresh_token_the_first_spent() {
+    let iqm = FakeIqm::start().await.unwrap();
+    let store: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::default());
+    let layer = || {
+        iqm.auth_builder()
+            .token_store(store.clone())
+            .auth_timeout(Duration::from_millis(200))
+            .auth_attempts(1)
+            .background_renewal(false)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (layer(), layer());
+    assert_eq!(get_through(&iqm, &a).await, 200);
+    assert_eq!(get_through(&iqm, &b).await, 200, "B resumes A's stored set");
+    assert_eq!(iqm.logins(), 1);
+
+    // A's refresh: IQM rotates, the answer is lost; A's login fails too (an IQM incident).
+    iqm.hold_refresh_answers(Duration::from_millis(400));
+    iqm.set_login_answer(Answer::Status(503));
+    assert!(a.renew().await.is_err());
+    assert_eq!(iqm.refreshes(), 1);
+
+    // IQM recovers; B renews.
+    iqm.hold_refresh_answers(Duration::ZERO);
+    iqm.set_login_answer(Answer::Normal);
+    b.renew().await.unwrap();
+    assert_eq!(
+        iqm.refresh_reuses(),
+        0,
+        "B presented the refresh token A had spent"
+    );
+}
+
+/// A store whose first save works and every later one fails (read-only file, full disk...),
+/// while loads keep working.
+#[derive(Debug, Default)]
+struct SavesOnce {
+    inner: MemoryTokenStore,
+    saved: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl TokenStore for SavesOnce {
+    async fn load(&self) -> Result<Option<StoredTokens>, StoreError> {
+        self.inner.load().await
+    }
+    async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
+        if self.saved.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Other("read-only".into()));
+        }
+        self.inner.save(tokens).await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+}
+
+// A store that keeps an older set (its saves fail) is never stepped back to.
+#[tokio::test]
+async fn a_stale_stored_set_is_never_refreshed_after_its_token_was_spent() {
+    let iqm = FakeIqm::start().await.unwrap();
+    iqm.set_token_lifetime(Duration::from_secs(1));
+    let auth = iqm
+        .auth_builder()
+        .token_store(Arc::new(SavesOnce::default()))
+        .background_renewal(false)
+        .build()
+        .unwrap();
+    assert_eq!(get_through(&iqm, &auth).await, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the stored set expires
+    // The 10th renewal: the stored set's refresh token has left the 8-entry spent memory.
+    for _ in 0..10 {
+        auth.renew().await.unwrap();
+    }
+    assert_eq!(
+        iqm.refresh_reuses(),
+        0,
+        "the stored set's spent refresh token was presented again"
+    );
+}
+
+// A proof of refusal survives the same path serving another workspace or resource.
+#[tokio::test]
+async fn a_refusing_endpoint_costs_one_renewal_not_one_per_refused_request() {
+    let (h, _clock) = Harness::with_manual_clock(false).await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    for round in 0..5 {
+        // Workspace B may not use /api/v3/campaigns (401 whatever the token; the first time
+        // the replay is refused too, which proves it) ...
+        h.iqm.queue_api_answers(if round == 0 {
+            vec![401, 401]
+        } else {
+            vec![401]
+        });
+        assert_eq!(h.get("/api/v3/campaigns").await.unwrap(), 401);
+        // ... workspace A may (the same path answers 200), which does not undo the proof.
+        assert_eq!(h.get("/api/v3/campaigns").await.unwrap(), 200);
+    }
+    assert_eq!(
+        (h.iqm.logins(), h.iqm.refreshes()),
+        (1, 1),
+        "one renewal, not one per refused request"
+    );
+}
+
+// A token refused while renewals pause is used again: no renewal is coming to replace it.
+#[tokio::test]
+async fn a_401_while_renewals_pause_does_not_fail_later_requests_with_a_working_token() {
+    let h = Harness::with(|b| b.replay_unauthorized(false).background_renewal(false)).await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    // A renewal fails (refresh and login refused): renewals cool down 30 s. The token is good.
+    h.iqm.set_refresh_answer(Answer::Status(400));
+    h.iqm.set_login_answer(Answer::Status(403));
+    assert!(h.auth.renew().await.is_err());
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+
+    h.iqm.queue_api_answers([401]); // one 401 (say, the first from a refusing endpoint)
+    assert_eq!(h.get("/x").await.unwrap(), 401);
+    let next = h.get("/x").await;
+    assert!(
+        matches!(next, Ok(200)),
+        "the cached token still works, yet: {next:?}"
+    );
+}
+
+// A refresh grant IQM refuses every time rests, so it never spends the budget the login needs.
+#[tokio::test]
+async fn a_refused_refresh_grant_never_fails_a_request_while_login_works() {
+    let (h, _clock) = Harness::with_manual_clock(false).await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    h.iqm.set_refresh_answer(Answer::Status(400)); // e.g. the client may not use the grant
+    for i in 0..5 {
+        h.iqm.revoke_all_access_tokens();
+        let status = h.get("/x").await;
+        assert!(matches!(status, Ok(200)), "revocation {i}: {status:?}");
+    }
+}
+
+/// A coordinator with a namespace the user chose, over a `MemoryCoordinator`.
+#[derive(Debug, Clone)]
+struct Named(MemoryCoordinator);
+
+#[async_trait::async_trait]
+impl SessionCoordinator for Named {
+    fn namespace(&self) -> Option<&str> {
+        Some("acme")
+    }
+    fn lease_ttl(&self) -> Duration {
+        self.0.lease_ttl()
+    }
+    async fn read(&self, s: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
+        self.0.read(s).await
+    }
+    async fn try_lease(&self, s: &str) -> Result<Option<Lease>, CoordinatorError> {
+        self.0.try_lease(s).await
+    }
+    async fn mark_refreshing(&self, s: &str, l: &Lease, g: u64) -> Result<bool, CoordinatorError> {
+        self.0.mark_refreshing(s, l, g).await
+    }
+    async fn publish(
+        &self,
+        s: &str,
+        l: &Lease,
+        e: u64,
+        t: &StoredTokens,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        self.0.publish(s, l, e, t).await
+    }
+    async fn pause(&self, s: &str, l: &Lease, p: Duration) -> Result<(), CoordinatorError> {
+        self.0.pause(s, l, p).await
+    }
+    async fn release(&self, s: &str, l: &Lease) -> Result<(), CoordinatorError> {
+        self.0.release(s, l).await
+    }
+    async fn clear(&self, s: &str) -> Result<(), CoordinatorError> {
+        self.0.clear(s).await
+    }
+}
+
+// A 401-driven renewal never adopts the store's older set, whose replay would be refused too.
+#[tokio::test]
+async fn a_revocation_with_a_stale_stored_set_fails_no_request() {
+    let iqm = FakeIqm::start().await.unwrap();
+    let auth = iqm
+        .auth_builder()
+        .token_store(Arc::new(SavesOnce::default()))
+        .background_renewal(false)
+        .build()
+        .unwrap();
+    assert_eq!(get_through(&iqm, &auth).await, 200); // login: saved
+    auth.renew().await.unwrap(); // refresh: its save fails, the store keeps the older set
+    iqm.revoke_all_access_tokens();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get_through(&iqm, &auth).await);
+    }
+    assert_eq!(statuses, [200, 200, 200], "logins {}", iqm.logins());
+}
+
+// A renewal a logout fenced off publishes nothing to the fleet's shared session either.
+#[tokio::test]
+async fn a_renewal_fenced_by_logout_publishes_nothing_to_the_fleet() {
+    let iqm = FakeIqm::start().await.unwrap();
+    let fleet = Named(MemoryCoordinator::default());
+    let layer = || {
+        iqm.auth_builder()
+            .shared_session(fleet.clone())
+            .background_renewal(false)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (layer(), layer());
+    assert_eq!(get_through(&iqm, &a).await, 200);
+    assert_eq!(get_through(&iqm, &b).await, 200);
+    assert_eq!(iqm.logins(), 1);
+
+    // B takes the lease and refreshes slowly; A's renewal waits for B's set.
+    iqm.set_refresh_delay(Duration::from_millis(500));
+    let b_renewal = tokio::spawn({
+        let b = b.clone();
+        async move { b.renew().await }
+    });
+    crate::support::eventually("B's refresh reached IQM", || iqm.refreshes() == 1).await;
+    let a_renewal = tokio::spawn({
+        let a = a.clone();
+        async move { a.renew().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.logout().await.unwrap();
+
+    let _ = b_renewal.await.unwrap();
+    let fenced = a_renewal.await.unwrap();
+    let shared = fleet.read("acme").await.unwrap();
+    assert!(
+        shared.as_ref().and_then(|s| s.tokens.as_ref()).is_none(),
+        "the fenced renewal ({fenced:?}) published a set after the logout: {shared:?}, logins {}",
+        iqm.logins()
+    );
+}
+
+/// A store shared by two layers whose saves can be made to fail.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: MemoryTokenStore,
+    fail_saves: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl TokenStore for Flaky {
+    async fn load(&self) -> Result<Option<StoredTokens>, StoreError> {
+        self.inner.load().await
+    }
+    async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
+        if self.fail_saves.load(Ordering::SeqCst) {
+            return Err(StoreError::Other("unavailable".into()));
+        }
+        self.inner.save(tokens).await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+}
+
+// One failed save, with IQM healthy throughout, makes no other layer present a spent token.
+#[tokio::test]
+async fn one_failed_save_never_makes_the_other_layer_present_a_spent_refresh_token() {
+    let iqm = FakeIqm::start().await.unwrap();
+    let store = Arc::new(Flaky::default());
+    let layer = || {
+        iqm.auth_builder()
+            .token_store(store.clone())
+            .background_renewal(false)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (layer(), layer());
+    assert_eq!(get_through(&iqm, &a).await, 200);
+    assert_eq!(get_through(&iqm, &b).await, 200);
+    store.fail_saves.store(true, Ordering::SeqCst);
+    a.renew().await.unwrap(); // refreshed; the save fails
+    store.fail_saves.store(false, Ordering::SeqCst);
+    b.renew().await.unwrap();
+    assert_eq!(
+        iqm.refresh_reuses(),
+        0,
+        "B presented the refresh token A spent"
+    );
+}
