@@ -199,12 +199,13 @@ impl IqmAuthBuilder {
     }
 
     /// How long the 401s of an endpoint that refuses the user are handed back without a
-    /// renewal. An endpoint that answers 401 to two different tokens in a row (typically the
-    /// token it was sent with and the renewed one of the replay) refuses the user (a workspace
-    /// or resource it may not access), not the token: renewing for each of its 401s would spend
+    /// renewal. An endpoint (a path) that answers 401 to a token and then to one obtained after
+    /// that 401 (typically the replay's renewed token) refuses the user (a workspace or
+    /// resource it may not access), not the token: renewing for each of its 401s would spend
     /// IQM's rate limit one call per request. The window doubles each time the endpoint proves
-    /// it again, up to 10 min, and an answer other than 401 from it forgets it. A 401 from any
-    /// other endpoint is a revocation and is recovered at once. Defaults to 10 s.
+    /// it again, up to 10 min; once it is over, an answer other than 401 from the endpoint
+    /// forgets it. A 401 from any other endpoint is a revocation and is recovered at once.
+    /// Defaults to 10 s.
     pub fn endpoint_refusal_window(mut self, window: Duration) -> Self {
         self.endpoint_refusal_window = window;
         self
