@@ -192,8 +192,8 @@ impl Drop for RenewalGuard {
 /// Invariants: the cache only ever holds a complete token, replaced whole; a failed renewal never
 /// replaces it. A rotated refresh token is stored together with the access token it came with.
 /// A renewal that started before a logout (`logout_epoch` moved on) publishes nothing: its
-/// token is not cached, not saved and not handed to the hook. Waiters get the token as soon as
-/// it is cached; the save to the store follows, before the store's turn passes on.
+/// token is not cached, not saved and not handed to the hook. A new set from IQM is saved before
+/// it is cached, and the store's turn passes on only then.
 async fn run_renewal(
     guard: RenewalGuard,
     reason: RenewReason,
@@ -207,6 +207,11 @@ async fn run_renewal(
     let acquired = match acquired {
         Ok(_) if session.fenced(logout_epoch).is_err() => Err(AuthError::LoggedOut),
         Ok(acquired) => {
+            // Saved before it is used: a process that stops right after its request never
+            // leaves a rotated refresh token unsaved.
+            if acquired.source == Source::Iqm {
+                session.persist(&acquired.token).await;
+            }
             let mut slot = session.renewal.lock();
             session.current.store(Some(Arc::clone(&acquired.token)));
             slot.pacing
@@ -218,20 +223,15 @@ async fn run_renewal(
     };
     let err = match acquired {
         Ok(Acquired {
-            token,
-            source,
-            store_turn,
+            token, store_turn, ..
         }) => {
+            // The next layer on the store reads it only now, with this set saved.
+            drop((publishing, store_turn));
             debug!(generation = token.generation, "stored a new IQM token");
             session.counters.renewal_succeeded();
             session.ensure_renewer();
             session.renewer_wake.notify_one();
-            guard.sender.send_replace(Some(Ok(Arc::clone(&token))));
-            if source == Source::Iqm {
-                session.persist(&token).await;
-            }
-            // The next layer on the store reads it only now, with this set saved.
-            drop((publishing, store_turn));
+            guard.sender.send_replace(Some(Ok(token)));
             return;
         }
         Err(err) => err,
