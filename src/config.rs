@@ -8,6 +8,7 @@ use reqwest::Url;
 
 use crate::IqmAuth;
 use crate::account::AccountFingerprint;
+use crate::auth_api::AuthApi;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::fleet::SessionCoordinator;
@@ -87,6 +88,7 @@ pub struct IqmAuthBuilder {
     token_store: Option<Arc<dyn TokenStore>>,
     on_new_tokens: Option<NewTokensHook>,
     shared: Option<Arc<dyn SessionCoordinator>>,
+    auth_api: Option<Arc<dyn AuthApi>>,
 }
 
 impl Default for IqmAuthBuilder {
@@ -115,6 +117,7 @@ impl Default for IqmAuthBuilder {
             token_store: None,
             on_new_tokens: None,
             shared: None,
+            auth_api: None,
         }
     }
 }
@@ -294,6 +297,15 @@ impl IqmAuthBuilder {
         self
     }
 
+    /// Where the layer's auth calls go: IQM's auth endpoints over HTTP unless set (see
+    /// [`AuthApi`]). With one set, [`auth_http_client`](Self::auth_http_client) is not used;
+    /// the credentials are still required, and the email and password are what the layer logs
+    /// in with.
+    pub fn auth_api(mut self, api: impl AuthApi) -> Self {
+        self.auth_api = Some(Arc::new(api));
+        self
+    }
+
     /// Checks the settings and builds the middleware. Sends nothing.
     ///
     /// # Errors
@@ -357,6 +369,7 @@ impl IqmAuthBuilder {
                 .unwrap_or_else(|| Arc::new(MemoryTokenStore::default())),
             on_new_tokens: self.on_new_tokens,
             shared,
+            auth_api: self.auth_api,
             http,
         })
     }
@@ -496,6 +509,8 @@ pub(crate) struct Config {
     pub(crate) on_new_tokens: Option<NewTokensHook>,
     /// The shared session's coordinator and the scope this account's session lives under.
     pub(crate) shared: Option<(Arc<dyn SessionCoordinator>, String)>,
+    /// The auth calls' destination when not IQM's HTTP endpoints.
+    pub(crate) auth_api: Option<Arc<dyn AuthApi>>,
     pub(crate) http: reqwest::Client,
 }
 

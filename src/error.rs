@@ -87,7 +87,7 @@ pub enum AuthError {
         /// IQM's `Retry-After`, when it sent one (429, 503).
         retry_after: Option<Duration>,
     },
-    /// The call did not complete: connect error, reset, timeout.
+    /// The call did not complete: connect error, reset, a body cut off.
     #[error("the IQM {endpoint} call failed: {}", describe_transport(.source))]
     Transport {
         /// The endpoint that was called.
@@ -95,6 +95,15 @@ pub enum AuthError {
         /// What reqwest reported.
         #[source]
         source: Arc<reqwest::Error>,
+    },
+    /// IQM did not answer within the layer's `auth_timeout`: the call was abandoned, and IQM
+    /// may have acted on it.
+    #[error("the IQM {endpoint} call timed out after {after:?}")]
+    TimedOut {
+        /// The endpoint that was called.
+        endpoint: AuthEndpoint,
+        /// How long the layer waited.
+        after: Duration,
     },
     /// IQM answered with a success status but a body this crate cannot use: not JSON,
     /// truncated, too large, or missing a field such as `access_token` or `owId`.
@@ -140,7 +149,8 @@ impl AuthError {
         match self {
             Self::Rejected { status, .. } | Self::InvalidResponse { status, .. } => Some(*status),
             Self::Transport { source, .. } => source.status(),
-            Self::BudgetExhausted(_)
+            Self::TimedOut { .. }
+            | Self::BudgetExhausted(_)
             | Self::Interrupted
             | Self::LoggedOut
             | Self::CallBudgetExhausted { .. }
@@ -152,7 +162,10 @@ impl AuthError {
     /// answered 5xx, 408 or 429. Such failures are retried with backoff; others are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Transport { .. } | Self::BudgetExhausted(_) | Self::Interrupted => true,
+            Self::Transport { .. }
+            | Self::TimedOut { .. }
+            | Self::BudgetExhausted(_)
+            | Self::Interrupted => true,
             Self::Rejected { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::REQUEST_TIMEOUT
@@ -207,6 +220,7 @@ impl AuthError {
         match self {
             Self::Rejected { endpoint, .. }
             | Self::Transport { endpoint, .. }
+            | Self::TimedOut { endpoint, .. }
             | Self::InvalidResponse { endpoint, .. } => Some(*endpoint),
             Self::BudgetExhausted(_)
             | Self::Interrupted

@@ -1,8 +1,9 @@
-//! The HTTP calls to IQM's auth endpoints, and the reading of their JSON answers.
+//! The HTTP calls to IQM's auth endpoints, and the reading of their JSON answers: the
+//! [`AuthApi`] every layer uses unless told otherwise.
 //!
 //! These calls go through a plain `reqwest::Client` of their own (never the caller's middleware
 //! stack, so they cannot recurse into the middleware), never follow redirects, and read at most
-//! [`MAX_AUTH_BODY_BYTES`] of an answer.
+//! [`MAX_AUTH_BODY_BYTES`] of an answer. The session bounds each by its `auth_timeout`.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use reqwest::{RequestBuilder, StatusCode, Url};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::auth_api::AuthApi;
 use crate::error::{AuthEndpoint, AuthError, ConfigError, IqmMessage};
 use crate::secret::Secret;
 use crate::token::{TokenSet, check_token_bytes, lifetime_from_expires_in};
@@ -36,7 +38,6 @@ pub(crate) struct IqmApi {
     client_id: String,
     client_secret: Secret,
     workspace_host: HeaderValue,
-    timeout: Duration,
 }
 
 #[derive(Serialize)]
@@ -61,7 +62,6 @@ impl IqmApi {
         client_id: String,
         client_secret: Secret,
         workspace_host: HeaderValue,
-        timeout: Duration,
     ) -> Result<Self, ConfigError> {
         let join = |path: &str| {
             base.join(path).map_err(|e| ConfigError::InvalidBaseUrl {
@@ -78,16 +78,43 @@ impl IqmApi {
             client_id,
             client_secret,
             workspace_host,
-            timeout,
         })
     }
 
-    /// Password login. The answer must carry an `owId`.
-    pub(crate) async fn login(
+    fn basic(&self, request: RequestBuilder) -> RequestBuilder {
+        // reqwest marks the Basic header value sensitive.
+        request.basic_auth(&self.client_id, Some(self.client_secret.expose()))
+    }
+
+    /// Sends one auth call; a non-2xx answer becomes [`AuthError::Rejected`].
+    async fn send(
         &self,
-        email: &str,
-        password: &Secret,
-    ) -> Result<TokenSet, AuthError> {
+        endpoint: AuthEndpoint,
+        request: RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), AuthError> {
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| AuthError::transport(endpoint, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            // The status decides what a failure is (transient or not, and when to try again),
+            // whatever the body: a 503 with a large HTML page is still a 503.
+            let retry_after = retry_after(response.headers());
+            let body = read_capped(endpoint, status, &mut response)
+                .await
+                .unwrap_or_default();
+            return Err(rejection(endpoint, status, &body, retry_after));
+        }
+        let body = read_capped(endpoint, status, &mut response).await?;
+        Ok((status, body))
+    }
+}
+
+#[async_trait::async_trait]
+impl AuthApi for IqmApi {
+    /// Password login. The answer must carry an `owId`.
+    async fn login(&self, email: &str, password: &Secret) -> Result<TokenSet, AuthError> {
         let endpoint = AuthEndpoint::Login;
         let request = self
             .basic(self.http.post(self.login_url.clone()))
@@ -111,7 +138,7 @@ impl IqmApi {
 
     /// The refresh-token grant. The answer has no `owId`; a missing refresh token in it means the
     /// old one stays in use.
-    pub(crate) async fn refresh(&self, refresh_token: &Secret) -> Result<TokenSet, AuthError> {
+    async fn refresh(&self, refresh_token: &Secret) -> Result<TokenSet, AuthError> {
         let endpoint = AuthEndpoint::Refresh;
         let request = self.basic(self.http.post(self.token_url.clone())).form(&[
             ("grant_type", "refresh_token"),
@@ -123,7 +150,7 @@ impl IqmApi {
 
     /// Invalidates `access_token` at IQM. A 401 means it was not valid any more, which is what
     /// logging out wants, so it counts as success.
-    pub(crate) async fn logout(&self, access_token: &Secret) -> Result<(), AuthError> {
+    async fn logout(&self, access_token: &Secret) -> Result<(), AuthError> {
         let endpoint = AuthEndpoint::Logout;
         let request = self
             .http
@@ -142,11 +169,7 @@ impl IqmApi {
     }
 
     /// Creates an account for an invited user and returns its token set (without `owId`).
-    pub(crate) async fn sign_up(
-        &self,
-        email: &str,
-        password: &Secret,
-    ) -> Result<TokenSet, AuthError> {
+    async fn sign_up(&self, email: &str, password: &Secret) -> Result<TokenSet, AuthError> {
         let endpoint = AuthEndpoint::SignUp;
         let request = self
             .basic(self.http.post(self.sign_up_url.clone()))
@@ -157,36 +180,6 @@ impl IqmApi {
         let (status, body) = self.send(endpoint, request).await?;
         parse_token_answer(endpoint, status, &body)
     }
-
-    fn basic(&self, request: RequestBuilder) -> RequestBuilder {
-        // reqwest marks the Basic header value sensitive.
-        request.basic_auth(&self.client_id, Some(self.client_secret.expose()))
-    }
-
-    /// Sends one auth call; a non-2xx answer becomes [`AuthError::Rejected`].
-    async fn send(
-        &self,
-        endpoint: AuthEndpoint,
-        request: RequestBuilder,
-    ) -> Result<(StatusCode, Vec<u8>), AuthError> {
-        let mut response = request
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| AuthError::transport(endpoint, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            // The status decides what a failure is (transient or not, and when to try again),
-            // whatever the body: a 503 with a large HTML page is still a 503.
-            let retry_after = retry_after(response.headers());
-            let body = read_capped(endpoint, status, &mut response)
-                .await
-                .unwrap_or_default();
-            return Err(rejection(endpoint, status, &body, retry_after));
-        }
-        let body = read_capped(endpoint, status, &mut response).await?;
-        Ok((status, body))
-    }
 }
 
 impl std::fmt::Debug for IqmApi {
@@ -196,7 +189,6 @@ impl std::fmt::Debug for IqmApi {
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("workspace_host", &self.workspace_host)
-            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }

@@ -48,6 +48,7 @@
 
 mod account;
 mod auth;
+mod auth_api;
 mod clock;
 mod config;
 mod error;
@@ -64,6 +65,7 @@ pub mod testing;
 mod token;
 
 pub use auth::IqmAuth;
+pub use auth_api::AuthApi;
 pub use clock::{Clock, SystemClock};
 pub use config::IqmAuthBuilder;
 pub use error::{AuthEndpoint, AuthError, ConfigError, FailureClass, IqmMessage};

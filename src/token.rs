@@ -42,6 +42,21 @@ pub struct TokenSet {
     pub ow_id: Option<u64>,
 }
 
+impl TokenSet {
+    /// A set of just an access token and its lifetime, for an [`AuthApi`](crate::AuthApi) of
+    /// your own; set the other fields as the answer has them.
+    pub fn new(access_token: impl Into<String>, expires_in: Duration) -> Self {
+        Self {
+            access_token: Secret::new(access_token),
+            refresh_token: None,
+            expires_in,
+            scope: None,
+            token_type: None,
+            ow_id: None,
+        }
+    }
+}
+
 /// Reads IQM's `expires_in` with a defined outcome for every shape it can take:
 /// a non-negative number (integer or float) is that many seconds, cut at
 /// [`MAX_TOKEN_LIFETIME`]; zero, negative numbers and NaN are an already expired token (used once

@@ -121,7 +121,12 @@ impl Session {
                 self.fenced(logout_epoch)?;
                 self.counters.login();
                 let issued = self.clock.now();
-                let set = self.api.login(&self.email, &self.password).await?;
+                let set = self
+                    .call_iqm(
+                        AuthEndpoint::Login,
+                        self.api.login(&self.email, &self.password),
+                    )
+                    .await?;
                 self.cached_from_answer(set, issued, None)
             })
             .await?;

@@ -46,8 +46,10 @@ use tokio::task::AbortHandle;
 use tracing::{Instrument, info_span, warn};
 
 use crate::account::AccountFingerprint;
+use crate::auth_api::AuthApi;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::error::AuthEndpoint;
 use crate::error::{AuthError, ConfigError};
 use crate::iqm_api::IqmApi;
 use crate::secret::Secret;
@@ -63,6 +65,7 @@ use flight::RenewalSlot;
 #[derive(Debug, Clone, Copy)]
 struct Policy {
     refresh_margin: Duration,
+    auth_timeout: Duration,
     acquire_timeout: Duration,
     rejection_cool_down: Duration,
     max_rejection_cool_down: Duration,
@@ -75,7 +78,7 @@ struct Policy {
 }
 
 pub(crate) struct Session {
-    api: IqmApi,
+    api: Arc<dyn AuthApi>,
     email: String,
     password: Secret,
     clock: Arc<dyn Clock>,
@@ -113,14 +116,16 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(config: Config) -> Result<Self, ConfigError> {
-        let api = IqmApi::new(
-            config.http,
-            &config.base,
-            config.client_id,
-            config.client_secret,
-            config.workspace_host,
-            config.auth_timeout,
-        )?;
+        let api: Arc<dyn AuthApi> = match config.auth_api {
+            Some(api) => api,
+            None => Arc::new(IqmApi::new(
+                config.http,
+                &config.base,
+                config.client_id,
+                config.client_secret,
+                config.workspace_host,
+            )?),
+        };
         Ok(Self {
             api,
             email: config.email,
@@ -128,6 +133,7 @@ impl Session {
             clock: config.clock,
             policy: Policy {
                 refresh_margin: config.refresh_margin,
+                auth_timeout: config.auth_timeout,
                 acquire_timeout: config.acquire_timeout,
                 rejection_cool_down: config.rejection_cool_down,
                 max_rejection_cool_down: config.max_rejection_cool_down,
@@ -218,6 +224,19 @@ impl Session {
         Ok(token)
     }
 
+    /// One call to IQM's auth endpoints, abandoned after `auth_timeout` (IQM may have acted on
+    /// it all the same).
+    pub(super) async fn call_iqm<T>(
+        &self,
+        endpoint: AuthEndpoint,
+        call: impl std::future::Future<Output = Result<T, AuthError>>,
+    ) -> Result<T, AuthError> {
+        let after = self.policy.auth_timeout;
+        tokio::time::timeout(after, call)
+            .await
+            .unwrap_or(Err(AuthError::TimedOut { endpoint, after }))
+    }
+
     /// `Err(LoggedOut)` once a logout has moved the epoch on from `logout_epoch`: a renewal
     /// checks it before each auth call and before it publishes anything.
     pub(super) fn fenced(&self, logout_epoch: u64) -> Result<(), AuthError> {
@@ -268,7 +287,9 @@ impl Session {
             match token {
                 Some(token) => {
                     self.counters.logout();
-                    let result = self.api.logout(&token.access_token).await;
+                    let result = self
+                        .call_iqm(AuthEndpoint::Logout, self.api.logout(&token.access_token))
+                        .await;
                     if let Err(err) = &result {
                         warn!(class = %err.class(), error = %err, "the IQM logout call failed");
                     }
@@ -288,8 +309,7 @@ impl Session {
     ) -> Result<TokenSet, AuthError> {
         self.counters.sign_up();
         let result = self
-            .api
-            .sign_up(email, password)
+            .call_iqm(AuthEndpoint::SignUp, self.api.sign_up(email, password))
             .instrument(info_span!("iqm_auth.sign_up"))
             .await;
         if let Err(err) = &result {
@@ -340,6 +360,7 @@ mod tests {
     pub(super) fn policy() -> Policy {
         Policy {
             refresh_margin: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(15),
             rejection_cool_down: Duration::from_secs(30),
             max_rejection_cool_down: Duration::from_secs(15 * 60),

@@ -99,7 +99,9 @@ impl Session {
             .budgeted(AuthEndpoint::Refresh, async {
                 self.store_shared.refresh.lock().mark_spent(refresh_token);
                 self.counters.refresh();
-                let set = self.api.refresh(refresh_token).await?;
+                let set = self
+                    .call_iqm(AuthEndpoint::Refresh, self.api.refresh(refresh_token))
+                    .await?;
                 self.cached_from_answer(set, issued, Some(previous))
             })
             .await;
