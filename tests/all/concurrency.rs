@@ -55,9 +55,13 @@ async fn a_hundred_concurrent_401s_on_one_stale_token_cause_one_renewal() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(h.iqm.logins(), 1);
     assert_eq!(h.iqm.refreshes(), 1);
-    assert_eq!(h.iqm.unauthorized(), 100);
     assert_eq!(h.auth.stats().renewals_unauthorized, 1);
-    assert_eq!(h.auth.stats().unauthorized_replays, 100);
+    // Requests sent before the first 401 came back got one and were replayed; the others
+    // waited for the renewal instead of sending the refused token.
+    let refused = h.iqm.unauthorized();
+    assert!((1..=100).contains(&refused), "{refused}");
+    assert_eq!(h.auth.stats().unauthorized_replays, refused);
+    assert_eq!(h.iqm.api_calls(), 1 + 100 + refused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
