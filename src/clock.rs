@@ -1,7 +1,7 @@
 //! The one seam through which the crate reads time.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// A monotonic clock. Token deadlines are computed from it.
 ///
@@ -11,6 +11,12 @@ use std::time::Instant;
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current instant. Must never go backwards.
     fn now(&self) -> Instant;
+
+    /// The wall-clock time, for expiries kept beyond this process (a stored token set).
+    /// Defaults to [`SystemTime::now`]; a clock moved by hand moves it too.
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// The real monotonic clock, [`Instant::now`].

@@ -80,6 +80,7 @@ pub struct IqmAuthBuilder {
     auth_call_budget: (u32, u32),
     auth_attempts: u32,
     backoff_jitter: bool,
+    jitter_seed: Option<u64>,
     replay_unauthorized: bool,
     background_renewal: bool,
     /// `None`: the system clock.
@@ -110,6 +111,7 @@ impl Default for IqmAuthBuilder {
             auth_call_budget: DEFAULT_AUTH_CALL_BUDGET,
             auth_attempts: DEFAULT_AUTH_ATTEMPTS,
             backoff_jitter: true,
+            jitter_seed: None,
             replay_unauthorized: true,
             background_renewal: true,
             clock: None,
@@ -242,6 +244,14 @@ impl IqmAuthBuilder {
         self
     }
 
+    /// Seeds the randomness of the jitter (the spread of retry backoffs, and of the renewal
+    /// margins of replicas sharing a session), so that a run can be reproduced exactly: a
+    /// simulation, a test. Defaults to a seed from the OS.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
     /// Whether a request that IQM answers with 401 is replayed once with a renewed token.
     /// Switching it off saves the copy of each request kept for the replay; a 401 then still
     /// renews the token for the next request, and is handed back as it is. Defaults to on.
@@ -358,6 +368,7 @@ impl IqmAuthBuilder {
             auth_call_budget: self.auth_call_budget,
             auth_attempts: self.auth_attempts.max(1),
             backoff_jitter: self.backoff_jitter,
+            jitter_seed: self.jitter_seed,
             replay_unauthorized: self.replay_unauthorized,
             background_renewal: self.background_renewal,
             // With the system clock, the background renewer's timer (which runs on the same
@@ -501,6 +512,7 @@ pub(crate) struct Config {
     pub(crate) auth_call_budget: (u32, u32),
     pub(crate) auth_attempts: u32,
     pub(crate) backoff_jitter: bool,
+    pub(crate) jitter_seed: Option<u64>,
     pub(crate) replay_unauthorized: bool,
     pub(crate) background_renewal: bool,
     pub(crate) clock: Arc<dyn Clock>,

@@ -15,7 +15,6 @@ use crate::stats::RenewReason;
 use crate::token::{CachedToken, Deadlines, Freshness, TokenSet};
 
 use super::Session;
-use super::retry::random_unit;
 
 /// A token is trusted to stay fresh without clock reads only if its renewal deadline is at least
 /// this far away when it is stored, so that a late timer cannot let an expired token be used.
@@ -178,7 +177,7 @@ impl Session {
     ) -> Result<Arc<CachedToken>, &'static str> {
         let mut deadlines = Deadlines::compute(issued, lifetime, self.policy.refresh_margin);
         if self.fleet.is_some() {
-            deadlines = deadlines.with_jittered_margin(random_unit());
+            deadlines = deadlines.with_jittered_margin(self.random_unit());
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         // The hot path may skip its clock read only while the renewer's timer can be trusted to

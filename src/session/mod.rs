@@ -98,6 +98,7 @@ pub(crate) struct Session {
     /// Whether the warning about `expires_in` 0 was logged (it is logged once, not per request).
     warned_zero_lifetime: AtomicBool,
     next_generation: AtomicU64,
+    jitter: Mutex<retry::Jitter>,
     renewer: Mutex<Option<AbortHandle>>,
     renewer_wake: Arc<Notify>,
     store: Arc<dyn TokenStore>,
@@ -156,6 +157,7 @@ impl Session {
             refusal_bits: AtomicU64::new(0),
             warned_zero_lifetime: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
+            jitter: Mutex::new(retry::Jitter::new(config.jitter_seed)),
             renewer: Mutex::new(None),
             renewer_wake: Arc::new(Notify::new()),
             store_shared: stored::shared_by_layers_of(&config.token_store),

@@ -82,7 +82,7 @@ impl Session {
                 None if err.status() == Some(StatusCode::TOO_MANY_REQUESTS) => return Err(err),
                 None => {
                     let unit = if self.policy.backoff_jitter {
-                        random_unit()
+                        self.random_unit()
                     } else {
                         0.5
                     };
@@ -109,11 +109,34 @@ fn backoff(attempt: u32, unit: f64) -> Duration {
     base.mul_f64(0.5 + unit.clamp(0.0, 1.0))
 }
 
-/// A number in [0, 1) that differs between calls, without a dependency for it.
-pub(super) fn random_unit() -> f64 {
-    use std::hash::{BuildHasher, RandomState};
-    let random = RandomState::new().hash_one(std::time::Instant::now());
-    (random % 1_000) as f64 / 1_000.0
+/// The randomness of the jitter (backoff spread, and the fleet's renewal margin spread): a
+/// SplitMix64 generator, seeded from the OS unless a seed is given, so that a run can be
+/// reproduced exactly.
+#[derive(Debug)]
+pub(super) struct Jitter(u64);
+
+impl Jitter {
+    pub(super) fn new(seed: Option<u64>) -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        Self(seed.unwrap_or_else(|| RandomState::new().hash_one(std::time::Instant::now())))
+    }
+
+    /// The next number in [0, 1).
+    pub(super) fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Session {
+    /// The next number of the session's jitter, in [0, 1).
+    pub(super) fn random_unit(&self) -> f64 {
+        self.jitter.lock().unit()
+    }
 }
 
 #[cfg(test)]
@@ -140,9 +163,14 @@ mod tests {
     }
 
     #[test]
-    fn the_random_unit_is_within_zero_and_one() {
-        for _ in 0..100 {
-            assert!((0.0..1.0).contains(&random_unit()));
+    fn the_jitter_is_within_zero_and_one_and_a_seed_repeats_it() {
+        let mut jitter = Jitter::new(None);
+        for _ in 0..1000 {
+            assert!((0.0..1.0).contains(&jitter.unit()));
         }
+        let (mut a, mut b) = (Jitter::new(Some(7)), Jitter::new(Some(7)));
+        let first: Vec<f64> = (0..10).map(|_| a.unit()).collect();
+        assert_eq!(first, (0..10).map(|_| b.unit()).collect::<Vec<_>>());
+        assert_ne!(first[0], Jitter::new(Some(8)).unit());
     }
 }

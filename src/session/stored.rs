@@ -11,7 +11,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use parking_lot::Mutex;
@@ -99,7 +99,7 @@ impl Session {
                 .deadlines
                 .expires_at
                 .saturating_duration_since(self.clock.now());
-            if stored.expires_at <= SystemTime::now() + remaining {
+            if stored.expires_at <= self.clock.wall() + remaining {
                 return None;
             }
         }
@@ -121,7 +121,10 @@ impl Session {
         if !tokens_ok {
             return None;
         }
-        let remaining = stored.remaining();
+        let remaining = stored
+            .expires_at
+            .duration_since(self.clock.wall())
+            .unwrap_or(Duration::ZERO);
         self.new_cached_token(
             stored.access_token,
             stored.refresh_token,
@@ -143,7 +146,7 @@ impl Session {
             token.access_token.clone(),
             token.refresh_token.clone(),
             token.ow_id,
-            SystemTime::now() + remaining,
+            self.clock.wall() + remaining,
         )
         .with_account(self.account.as_str())
     }

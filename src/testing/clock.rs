@@ -1,4 +1,4 @@
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
@@ -17,21 +17,24 @@ use crate::clock::Clock;
 /// ```
 #[derive(Debug)]
 pub struct ManualClock {
-    now: Mutex<Instant>,
+    /// The instant and the wall-clock time, moved together.
+    now: Mutex<(Instant, SystemTime)>,
 }
 
 impl ManualClock {
-    /// A clock standing at the real current instant.
+    /// A clock standing at the real current instant and time.
     pub fn new() -> Self {
         Self {
-            now: Mutex::new(Instant::now()),
+            now: Mutex::new((Instant::now(), SystemTime::now())),
         }
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward, wall-clock time with it.
     pub fn advance(&self, by: Duration) {
         let mut now = self.now.lock();
-        *now = now.checked_add(by).unwrap_or(*now);
+        if let (Some(instant), Some(wall)) = (now.0.checked_add(by), now.1.checked_add(by)) {
+            *now = (instant, wall);
+        }
     }
 }
 
@@ -43,6 +46,10 @@ impl Default for ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        *self.now.lock()
+        self.now.lock().0
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.now.lock().1
     }
 }
