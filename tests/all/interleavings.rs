@@ -4,7 +4,7 @@
 //! Each failed before its fix.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iqm_auth::testing::{Answer, FakeIqm};
@@ -13,7 +13,7 @@ use iqm_auth::{
     StoreError, StoredTokens, TokenStore,
 };
 
-use crate::support::{Harness, get_through};
+use crate::support::{Harness, auth_error, get_through};
 
 // What may be spent is known to every layer on the store, not only to the one that spent it.
 #[tokio::test]
@@ -305,4 +305,113 @@ async fn one_failed_save_never_makes_the_other_layer_present_a_spent_refresh_tok
         0,
         "B presented the refresh token A spent"
     );
+}
+
+// Found by reverting each fix in place: the paths no other test reached.
+
+/// The lost answer's token stays spent even when the login that follows fails and the old set
+/// stays cached.
+#[tokio::test]
+async fn a_lost_refresh_answer_with_login_down_never_presents_the_token_again() {
+    let (h, clock) = Harness::with_manual_clock_and(|b| {
+        b.background_renewal(false)
+            .auth_timeout(Duration::from_millis(200))
+    })
+    .await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+
+    // IQM rotates, the answer is lost, and the fallback login fails: the old set stays cached.
+    h.iqm.hold_refresh_answers(Duration::from_millis(500));
+    h.iqm.set_login_answer(Answer::Status(503));
+    assert!(h.auth.renew().await.is_err());
+    h.iqm.hold_refresh_answers(Duration::ZERO);
+    h.iqm.set_login_answer(Answer::Normal);
+
+    // Past the refresh grant's rest, the budget's minute and any pause.
+    clock.advance(Duration::from_secs(90));
+    h.auth.renew().await.unwrap();
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+
+    assert_eq!(
+        h.iqm.refresh_reuses(),
+        0,
+        "a spent refresh token was presented"
+    );
+    assert_eq!(h.iqm.refreshes(), 1);
+}
+
+/// A token refused while renewals pause is trusted again: no renewal is coming to replace it.
+#[tokio::test]
+async fn a_401_while_renewals_are_paused_leaves_the_valid_token_in_use() {
+    let (h, clock) = Harness::with_manual_clock(false).await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    h.iqm.set_refresh_answer(Answer::StatusRetryAfter(429, 60));
+    assert!(
+        h.auth.renew().await.is_err(),
+        "renewals now paused for 60 s"
+    );
+
+    // One 401 (an endpoint's, not a revocation) while renewals are paused.
+    h.iqm.queue_api_answers([401]);
+    let _ = h.get("/forbidden").await;
+
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        outcomes.push(h.get("/x").await.map_err(|e| auth_error(&e).to_string()));
+        clock.advance(Duration::from_secs(1));
+    }
+    assert!(outcomes.iter().all(|o| *o == Ok(200)), "{outcomes:?}");
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (1, 1));
+}
+
+/// A token refused whose renewal failed is trusted again, at no further auth call.
+#[tokio::test]
+async fn a_401_whose_renewal_fails_leaves_the_valid_token_in_use_at_no_further_call() {
+    let h = Harness::start().await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    h.iqm.set_refresh_answer(Answer::Status(503));
+    h.iqm.set_login_answer(Answer::Status(503));
+
+    // One 401 (an endpoint's, not a revocation); its renewal fails.
+    h.iqm.queue_api_answers([401]);
+    assert!(h.get("/forbidden").await.is_err());
+    let calls = h.iqm.auth_calls();
+
+    let outcome = h.get("/x").await.map_err(|e| auth_error(&e).to_string());
+    assert_eq!(outcome, Ok(200));
+    assert_eq!(
+        h.iqm.auth_calls(),
+        calls,
+        "auth calls after the failed renewal"
+    );
+}
+
+/// The path where the request first waited for a token hands its 401 back at once too.
+#[tokio::test]
+async fn with_replay_off_a_401_to_a_waited_for_token_is_handed_back_at_once() {
+    let announced = Arc::new(AtomicUsize::new(0));
+    let h = Harness::with({
+        let announced = announced.clone();
+        move |b| {
+            b.replay_unauthorized(false).on_new_tokens(move |_| {
+                announced.fetch_add(1, Ordering::SeqCst);
+            })
+        }
+    })
+    .await;
+    h.iqm.set_refresh_delay(Duration::from_secs(2));
+    // The first request waits for the login, then its token is refused.
+    h.iqm.queue_api_answers([401]);
+
+    assert_eq!(h.get("/x").await.unwrap(), 401);
+    assert_eq!(
+        announced.load(Ordering::SeqCst),
+        1,
+        "the 401 waited for its renewal to finish"
+    );
+    crate::support::eventually("the renewal finished", || {
+        announced.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
 }
