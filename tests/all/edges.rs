@@ -2,7 +2,7 @@
 //! what IQM received.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use iqm_auth::reqwest_middleware::{self, ClientBuilder, Middleware, Next};
@@ -492,16 +492,7 @@ async fn two_live_layers_sharing_one_store_never_present_a_spent_refresh_token()
 
 #[tokio::test]
 async fn with_replay_off_a_401_is_handed_back_before_its_renewal_finishes() {
-    let announced = Arc::new(AtomicUsize::new(0));
-    let h = Harness::with({
-        let announced = announced.clone();
-        move |b| {
-            b.replay_unauthorized(false).on_new_tokens(move |_| {
-                announced.fetch_add(1, Ordering::SeqCst);
-            })
-        }
-    })
-    .await;
+    let (h, announced) = Harness::counting_new_tokens(|b| b.replay_unauthorized(false)).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
     h.iqm.set_refresh_delay(Duration::from_secs(2));
     h.iqm.revoke_all_access_tokens();

@@ -4,7 +4,7 @@
 //! Each failed before its fix.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use iqm_auth::testing::{Answer, FakeIqm};
@@ -51,22 +51,21 @@ async fn a_second_layer_never_presents_a_refresh_token_the_first_spent() {
     );
 }
 
-/// A store whose first save works and every later one fails (read-only file, full disk...),
-/// while loads keep working.
+/// A store whose saves can be made to fail (a read-only file, a full disk), while loads work.
 #[derive(Debug, Default)]
-struct SavesOnce {
+struct Flaky {
     inner: MemoryTokenStore,
-    saved: AtomicBool,
+    fail_saves: AtomicBool,
 }
 
 #[async_trait::async_trait]
-impl TokenStore for SavesOnce {
+impl TokenStore for Flaky {
     async fn load(&self) -> Result<Option<StoredTokens>, StoreError> {
         self.inner.load().await
     }
     async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
-        if self.saved.swap(true, Ordering::SeqCst) {
-            return Err(StoreError::Other("read-only".into()));
+        if self.fail_saves.load(Ordering::SeqCst) {
+            return Err(StoreError::Other("unavailable".into()));
         }
         self.inner.save(tokens).await
     }
@@ -80,13 +79,15 @@ impl TokenStore for SavesOnce {
 async fn a_stale_stored_set_is_never_refreshed_after_its_token_was_spent() {
     let iqm = FakeIqm::start().await.unwrap();
     iqm.set_token_lifetime(Duration::from_secs(1));
+    let store = Arc::new(Flaky::default());
     let auth = iqm
         .auth_builder()
-        .token_store(Arc::new(SavesOnce::default()))
+        .token_store(store.clone())
         .background_renewal(false)
         .build()
         .unwrap();
     assert_eq!(get_through(&iqm, &auth).await, 200);
+    store.fail_saves.store(true, Ordering::SeqCst); // from now on the store keeps the login's set
     tokio::time::sleep(Duration::from_millis(1100)).await; // the stored set expires
     // The 10th renewal: the stored set's refresh token has left the 8-entry spent memory.
     for _ in 0..10 {
@@ -201,13 +202,15 @@ impl SessionCoordinator for Named {
 #[tokio::test]
 async fn a_revocation_with_a_stale_stored_set_fails_no_request() {
     let iqm = FakeIqm::start().await.unwrap();
+    let store = Arc::new(Flaky::default());
     let auth = iqm
         .auth_builder()
-        .token_store(Arc::new(SavesOnce::default()))
+        .token_store(store.clone())
         .background_renewal(false)
         .build()
         .unwrap();
     assert_eq!(get_through(&iqm, &auth).await, 200); // login: saved
+    store.fail_saves.store(true, Ordering::SeqCst);
     auth.renew().await.unwrap(); // refresh: its save fails, the store keeps the older set
     iqm.revoke_all_access_tokens();
     let mut statuses = Vec::new();
@@ -256,29 +259,6 @@ async fn a_renewal_fenced_by_logout_publishes_nothing_to_the_fleet() {
         "the fenced renewal ({fenced:?}) published a set after the logout: {shared:?}, logins {}",
         iqm.logins()
     );
-}
-
-/// A store shared by two layers whose saves can be made to fail.
-#[derive(Debug, Default)]
-struct Flaky {
-    inner: MemoryTokenStore,
-    fail_saves: AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl TokenStore for Flaky {
-    async fn load(&self) -> Result<Option<StoredTokens>, StoreError> {
-        self.inner.load().await
-    }
-    async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
-        if self.fail_saves.load(Ordering::SeqCst) {
-            return Err(StoreError::Other("unavailable".into()));
-        }
-        self.inner.save(tokens).await
-    }
-    async fn clear(&self) -> Result<(), StoreError> {
-        self.inner.clear().await
-    }
 }
 
 // One failed save, with IQM healthy throughout, makes no other layer present a spent token.
@@ -389,16 +369,7 @@ async fn a_401_whose_renewal_fails_leaves_the_valid_token_in_use_at_no_further_c
 /// The path where the request first waited for a token hands its 401 back at once too.
 #[tokio::test]
 async fn with_replay_off_a_401_to_a_waited_for_token_is_handed_back_at_once() {
-    let announced = Arc::new(AtomicUsize::new(0));
-    let h = Harness::with({
-        let announced = announced.clone();
-        move |b| {
-            b.replay_unauthorized(false).on_new_tokens(move |_| {
-                announced.fetch_add(1, Ordering::SeqCst);
-            })
-        }
-    })
-    .await;
+    let (h, announced) = Harness::counting_new_tokens(|b| b.replay_unauthorized(false)).await;
     h.iqm.set_refresh_delay(Duration::from_secs(2));
     // The first request waits for the login, then its token is refused.
     h.iqm.queue_api_answers([401]);

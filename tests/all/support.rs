@@ -49,6 +49,22 @@ impl Harness {
         Self { iqm, auth, client }
     }
 
+    /// Like [`with`](Self::with), counting the token sets handed to `on_new_tokens` (which
+    /// tells when a renewal has finished).
+    pub async fn counting_new_tokens(
+        configure: impl FnOnce(IqmAuthBuilder) -> IqmAuthBuilder,
+    ) -> (Self, Arc<std::sync::atomic::AtomicUsize>) {
+        let announced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = announced.clone();
+        let h = Self::with(move |b| {
+            configure(b).on_new_tokens(move |_| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .await;
+        (h, announced)
+    }
+
     /// GETs `path` on the fake IQM and returns the status.
     pub async fn get(&self, path: &str) -> Result<u16, reqwest_middleware::Error> {
         let response = self.client.get(self.iqm.url(path)).send().await?;
