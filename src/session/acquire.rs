@@ -112,7 +112,7 @@ impl Session {
         logout_epoch: u64,
     ) -> Result<Arc<CachedToken>, AuthError> {
         self.fenced(logout_epoch)?;
-        if let Some(token) = self.refresh(reason, previous).await? {
+        if let Some(token) = self.refresh(reason, previous, logout_epoch).await? {
             return Ok(token);
         }
         let token = self
@@ -157,14 +157,17 @@ impl Session {
         if set.expires_in.is_zero() && !self.warned_zero_lifetime.swap(true, Ordering::Relaxed) {
             warn!(%endpoint, "IQM answered expires_in 0: every request will renew the token");
         }
-        self.new_cached_token(
-            set.access_token,
-            refresh_token,
-            ow_id,
-            issued,
-            set.expires_in,
-        )
-        .map_err(invalid)
+        let token = self
+            .new_cached_token(
+                set.access_token,
+                refresh_token,
+                ow_id,
+                issued,
+                set.expires_in,
+            )
+            .map_err(invalid)?;
+        self.refusals.lock().obtained_from_iqm(token.generation);
+        Ok(token)
     }
 
     pub(super) fn new_cached_token(

@@ -72,6 +72,7 @@ impl Session {
         &self,
         reason: RenewReason,
         previous: Option<&CachedToken>,
+        logout_epoch: u64,
     ) -> Result<Option<Arc<CachedToken>>, AuthError> {
         let Some(previous) = previous else {
             return Ok(None);
@@ -94,6 +95,11 @@ impl Session {
         if !self.budget.lock().allows_two_at(issued) {
             debug!(%reason, "the failed-call budget could not pay for a login after a failed refresh; logging in");
             return Ok(None);
+        }
+        match self.unstore_refresh_token(previous, logout_epoch).await {
+            Ok(()) => {}
+            Err(AuthError::LoggedOut) => return Err(AuthError::LoggedOut),
+            Err(_) => return Ok(None),
         }
         let refreshed = self
             .budgeted(AuthEndpoint::Refresh, async {

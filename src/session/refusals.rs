@@ -1,10 +1,11 @@
 //! 401s that are not the token's fault. An endpoint the user may not access answers 401 whatever
 //! the token; renewing for each such 401 would spend IQM's rate limit one call per request. The
 //! proof that an endpoint refuses the user is that it answered 401 to a token and then to one
-//! obtained after that 401 (typically the replay's); a revocation makes the next token work. An
-//! endpoint is the path of the answer's final URL.
+//! this layer obtained from IQM after that 401 (typically the replay's); a revocation makes the
+//! next token work. A set taken from the store or the fleet's shared session proves nothing: it
+//! may have been issued before the revocation. An endpoint is the path of the answer's final URL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,6 +20,9 @@ const MAX_ENDPOINTS: usize = 256;
 /// The longest a refusing endpoint's 401s are handed back before one renews again.
 const MAX_REFUSAL_WINDOW: Duration = Duration::from_secs(10 * 60);
 
+/// How many of the latest generations obtained from IQM are remembered.
+const REMEMBERED_FROM_IQM: usize = 16;
+
 /// What the session knows of endpoints that answered 401.
 ///
 /// Invariants: a 401 from an endpoint with no proof against it renews the token, so a
@@ -30,6 +34,8 @@ const MAX_REFUSAL_WINDOW: Duration = Duration::from_secs(10 * 60);
 pub(super) struct Refusals {
     /// By a hash of the endpoint's path, so no path is kept.
     endpoints: HashMap<u64, Endpoint, BuildHasherDefault<DefaultHasher>>,
+    /// The latest generations this layer obtained from IQM itself, newest last.
+    from_iqm: VecDeque<u64>,
 }
 
 #[derive(Debug)]
@@ -87,8 +93,8 @@ impl Refusals {
         if endpoint.proven_at(now) {
             return true;
         }
-        if generation < endpoint.obtained_since {
-            // A token from before its last 401: no proof, and no news.
+        if generation < endpoint.obtained_since || !self.from_iqm.contains(&generation) {
+            // A token from before its last 401, or one taken from elsewhere: no proof.
             return false;
         }
         let window = match endpoint.proven {
@@ -98,6 +104,14 @@ impl Refusals {
         endpoint.obtained_since = next;
         endpoint.proven = now.checked_add(window).map(|until| (until, window));
         true
+    }
+
+    /// Notes that the token of `generation` was obtained from IQM by this layer.
+    pub(super) fn obtained_from_iqm(&mut self, generation: u64) {
+        if self.from_iqm.len() == REMEMBERED_FROM_IQM {
+            self.from_iqm.pop_front();
+        }
+        self.from_iqm.push_back(generation);
     }
 
     /// Forgets the endpoint of `key`, which answered other than 401, unless it is proven to
@@ -160,6 +174,26 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(10);
 
+    fn from_iqm(generations: std::ops::RangeInclusive<u64>) -> Refusals {
+        let mut refusals = Refusals::default();
+        for generation in generations {
+            refusals.obtained_from_iqm(generation);
+        }
+        refusals
+    }
+
+    #[test]
+    fn a_token_taken_from_elsewhere_after_the_401_proves_nothing() {
+        let t0 = Instant::now();
+        let mut refusals = from_iqm(1..=1);
+        let forbidden = url("/forbidden");
+        assert!(!refusals.refused(&forbidden, 1, 2, t0, WINDOW));
+        // Token 2 was adopted from the shared session (issued before the 401, maybe revoked).
+        assert!(!refusals.refused(&forbidden, 2, 3, t0, WINDOW));
+        refusals.obtained_from_iqm(3);
+        assert!(refusals.refused(&forbidden, 3, 4, t0, WINDOW));
+    }
+
     fn url(path: &str) -> Url {
         Url::parse(&format!("https://api.iqm.com{path}")).unwrap()
     }
@@ -167,7 +201,7 @@ mod tests {
     #[test]
     fn a_401_to_one_token_is_the_tokens_fault_and_to_the_next_one_the_endpoints() {
         let t0 = Instant::now();
-        let mut refusals = Refusals::default();
+        let mut refusals = from_iqm(1..=3);
         let forbidden = url("/api/v3/forbidden");
         // Token 1 refused; the next token obtained will be 2.
         assert!(!refusals.refused(&forbidden, 1, 2, t0, WINDOW));
@@ -187,7 +221,7 @@ mod tests {
     #[test]
     fn a_token_obtained_before_the_401_proves_nothing() {
         let t0 = Instant::now();
-        let mut refusals = Refusals::default();
+        let mut refusals = from_iqm(5..=7);
         let forbidden = url("/forbidden");
         // Token 5 refused while tokens up to 6 already existed (another renewal's).
         assert!(!refusals.refused(&forbidden, 5, 7, t0, WINDOW));
@@ -198,7 +232,7 @@ mod tests {
     #[test]
     fn the_window_doubles_each_time_the_endpoint_is_proven_again_and_a_success_resets_it() {
         let t0 = Instant::now();
-        let mut refusals = Refusals::default();
+        let mut refusals = from_iqm(1..=5);
         let forbidden = url("/forbidden");
         let key = endpoint_key(&forbidden);
         assert!(!refusals.refused(&forbidden, 1, 2, t0, WINDOW));

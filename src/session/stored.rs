@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 use tracing::{debug, warn};
 
+use crate::error::AuthError;
 use crate::store::{NewTokensHook, StoreError, StoredTokens, TokenStore};
 use crate::token::{CachedToken, check_token_bytes};
 
@@ -149,6 +150,30 @@ impl Session {
             self.clock.wall() + remaining,
         )
         .with_account(self.account.as_str())
+    }
+
+    /// Saves `token`'s set without its refresh token, before that refresh token is presented:
+    /// a process that stops or crashes while the refresh is under way must not find it in the
+    /// store when it starts again (the list of spent tokens lives in memory). `Err` when the
+    /// store could not be written (the refresh token is then not presented) or a logout fenced
+    /// the renewal off.
+    pub(super) async fn unstore_refresh_token(
+        &self,
+        token: &CachedToken,
+        logout_epoch: u64,
+    ) -> Result<(), AuthError> {
+        let mut stored = self.stored_from_cached(token);
+        stored.refresh_token = None;
+        // Under the publishing lock, so that it cannot land after a logout's clear.
+        let _publishing = self.publishing.lock().await;
+        self.fenced(logout_epoch)?;
+        self.bounded_store_call(self.store.save(&stored))
+            .await
+            .map_err(|err| {
+                self.counters.store_error();
+                warn!(error = %err, "could not take the refresh token out of the stored IQM session; logging in instead of refreshing");
+                AuthError::Interrupted
+            })
     }
 
     /// Hands a new token set from IQM to the store and the `on_new_tokens` hook.
