@@ -1,0 +1,337 @@
+//! The simulated Redis: the shared session of every account (one scope each), as a
+//! `SessionCoordinator` that every replica incarnation reaches through a handle of its own.
+//!
+//! It keeps the protocol of `RedisSession`'s Lua scripts (a generation that only grows, one
+//! lease at a time with a fencing value, a "refreshing" mark, publish only under the lease and
+//! from the expected generation, a fleet-wide pause), on simulated time. And it fails as Redis
+//! does:
+//! - errors (connection refused) and slow commands (past the layer's command limit, dropped
+//!   before they are applied);
+//! - a command applied whose answer is lost (the caller times out, the write stands);
+//! - leases that expire under their holder (a GC pause, a clock jump on the server);
+//! - a restart that loses everything (no persistence);
+//! - a rollback to an older snapshot (a failover to a replica that had not seen the last
+//!   writes).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::pending;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iqm_auth::{CoordinatorError, Lease, SessionCoordinator, SharedTokens, StoredTokens};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::Sim;
+use crate::iqm::Who;
+
+/// The simulated Redis's lease TTL: the library's default.
+pub const LEASE_TTL: Duration = Duration::from_secs(20);
+/// How often a snapshot is kept, for rollbacks.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+const SNAPSHOTS_KEPT: usize = 20;
+
+/// How Redis fails during a fault window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordFault {
+    /// Every command fails at once.
+    Errors,
+    /// Commands take 0.5 to 4 s before they are applied (past 2 s the layer drops them first).
+    Slow,
+    /// A third of the commands are applied and their answers lost.
+    LostAnswers,
+}
+
+impl CoordFault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Errors => "redis: errors",
+            Self::Slow => "redis: slow commands",
+            Self::LostAnswers => "redis: answers lost after applying",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Scope {
+    generation: u64,
+    tokens: Option<StoredTokens>,
+    refreshing: bool,
+    paused_until: Option<Instant>,
+    lease: Option<(String, Instant)>,
+}
+
+impl Scope {
+    fn holds(&self, lease: &Lease, now: Instant) -> bool {
+        self.lease.as_ref().is_some_and(|(fence, until)| *fence == lease.fence && now < *until)
+    }
+}
+
+#[derive(Debug, Default)]
+struct RedisState {
+    scopes: BTreeMap<String, Scope>,
+    fences: u64,
+    snapshots: VecDeque<(Instant, BTreeMap<String, Scope>)>,
+    faults: Vec<(Instant, Instant, CoordFault)>,
+}
+
+/// The simulated Redis, shared by every handle.
+#[derive(Debug)]
+pub struct Redis {
+    sim: Arc<Sim>,
+    state: Mutex<RedisState>,
+    /// A mutation for the simulator's own test of its teeth: publish ignores the generation
+    /// (as a coordinator without the check would).
+    skip_generation_check: bool,
+}
+
+impl Redis {
+    pub fn new(sim: Arc<Sim>) -> Self {
+        Self {
+            sim,
+            state: Mutex::default(),
+            skip_generation_check: std::env::var("SIM_MUTATE").is_ok_and(|m| m == "publish-generation"),
+        }
+    }
+
+    pub fn add_fault(&self, from: Instant, until: Instant, fault: CoordFault) {
+        self.state.lock().faults.push((from, until, fault));
+    }
+
+    /// Every lease runs out now, under its holder.
+    pub fn expire_leases(&self) {
+        let now = Instant::now();
+        for scope in self.state.lock().scopes.values_mut() {
+            if let Some((_, until)) = &mut scope.lease {
+                *until = now;
+            }
+        }
+    }
+
+    /// Redis restarts without persistence: everything is gone, generations start over.
+    pub fn restart(&self) {
+        self.state.lock().scopes.clear();
+    }
+
+    /// A failover to a copy `age` old at most: the writes since are lost. Returns the age of
+    /// the snapshot taken.
+    pub fn roll_back(&self, pick: u64) -> Option<Duration> {
+        let mut s = self.state.lock();
+        if s.snapshots.is_empty() {
+            return None;
+        }
+        let i = (pick % s.snapshots.len() as u64) as usize;
+        let (at, scopes) = s.snapshots[i].clone();
+        s.scopes = scopes;
+        Some(Instant::now().duration_since(at))
+    }
+
+    /// The shared access token of a scope, for the convergence check.
+    pub fn shared_access(&self, scope: &str) -> Option<String> {
+        let s = self.state.lock();
+        s.scopes.get(scope)?.tokens.as_ref().map(|t| t.access_token.expose().to_owned())
+    }
+
+    pub fn scopes(&self) -> Vec<String> {
+        self.state.lock().scopes.keys().cloned().collect()
+    }
+
+    fn fault_at(&self, now: Instant) -> Option<CoordFault> {
+        let s = self.state.lock();
+        s.faults.iter().rev().find(|(from, until, _)| *from <= now && now < *until).map(|f| f.2)
+    }
+
+    fn apply<T>(&self, f: impl FnOnce(&mut RedisState, Instant) -> T) -> T {
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        if s.snapshots.back().is_none_or(|(at, _)| now.duration_since(*at) >= SNAPSHOT_EVERY) {
+            let copy = s.scopes.clone();
+            s.snapshots.push_back((now, copy));
+            if s.snapshots.len() > SNAPSHOTS_KEPT {
+                s.snapshots.pop_front();
+            }
+        }
+        f(&mut s, now)
+    }
+}
+
+/// A value as the trace shows it: the first part only (a token set prints redacted).
+struct Shown<T, U>(T, U);
+
+impl<T: std::fmt::Debug, U> std::fmt::Debug for Shown<T, U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One replica incarnation's connection to the simulated Redis.
+#[derive(Debug)]
+pub struct SimCoordinator {
+    pub redis: Arc<Redis>,
+    pub who: Who,
+}
+
+impl SimCoordinator {
+    /// One command: through the fault window if there is one, then applied atomically.
+    async fn command<T: std::fmt::Debug>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut RedisState, Instant) -> T,
+    ) -> Result<T, CoordinatorError> {
+        if !self.who.alive() {
+            return pending().await;
+        }
+        let sim = &self.redis.sim;
+        let fault = self.redis.fault_at(Instant::now());
+        let (lose, delay) = {
+            let mut rng = sim.rng.lock();
+            match fault {
+                Some(CoordFault::Errors) => {
+                    sim.event(format!("redis: {name} by {} -> connection refused", self.who.label()));
+                    return Err(CoordinatorError("connection refused".to_owned()));
+                }
+                Some(CoordFault::Slow) => (false, Some(Duration::from_millis(rng.range(500, 4000)))),
+                Some(CoordFault::LostAnswers) => (rng.chance(0.33), None),
+                None => (false, None),
+            }
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+            if !self.who.alive() {
+                return pending().await;
+            }
+        }
+        let answer = self.redis.apply(f);
+        sim.event(format!("redis: {name} by {} -> {answer:?}{}", self.who.label(), if lose { " (answer lost)" } else { "" }));
+        if lose {
+            sim.cover("redis answer lost after applying");
+            return pending().await;
+        }
+        Ok(answer)
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionCoordinator for SimCoordinator {
+    fn namespace(&self) -> Option<&str> {
+        None
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        LEASE_TTL
+    }
+
+    async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
+        let shared = self
+            .command("read", |s, now| {
+                s.scopes.get(scope).map(|s| {
+                    let pause = s.paused_until.map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+                    Shown((s.generation, s.tokens.as_ref().map(|t| t.access_token.expose().to_owned()), s.refreshing, pause), s.tokens.clone())
+                })
+            })
+            .await?;
+        let sim = &self.redis.sim;
+        Ok(shared.map(|Shown((generation, _, refreshing, pause), tokens)| {
+            if refreshing {
+                sim.cover("redis read: set marked refreshing");
+            }
+            if !pause.is_zero() {
+                sim.cover("redis read: fleet paused");
+            }
+            SharedTokens::new(generation, tokens, refreshing).paused(pause)
+        }))
+    }
+
+    async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
+        let taken = self
+            .command("try_lease", |s, now| {
+                let held = s.scopes.get(scope).and_then(|sc| sc.lease.as_ref()).is_some_and(|(_, until)| now < *until);
+                if held {
+                    return None;
+                }
+                s.fences += 1;
+                let fence = format!("fence-{}", s.fences);
+                s.scopes.entry(scope.to_owned()).or_default().lease = Some((fence.clone(), now + LEASE_TTL));
+                Some(fence)
+            })
+            .await?;
+        self.redis.sim.cover(if taken.is_some() { "redis lease taken" } else { "redis lease busy" });
+        Ok(taken.map(|fence| Lease { fence }))
+    }
+
+    async fn mark_refreshing(&self, scope: &str, lease: &Lease, generation: u64) -> Result<bool, CoordinatorError> {
+        let marked = self
+            .command("mark_refreshing", |s, now| {
+                let state = s.scopes.entry(scope.to_owned()).or_default();
+                let marked = state.holds(lease, now) && state.generation == generation;
+                if marked {
+                    state.refreshing = true;
+                }
+                marked
+            })
+            .await?;
+        self.redis.sim.cover(if marked { "redis mark_refreshing done" } else { "redis mark_refreshing refused" });
+        Ok(marked)
+    }
+
+    async fn publish(&self, scope: &str, lease: &Lease, expected: u64, tokens: &StoredTokens) -> Result<Option<u64>, CoordinatorError> {
+        let skip = self.redis.skip_generation_check;
+        let access = tokens.access_token.expose().to_owned();
+        let published = self
+            .command(&format!("publish {access} from gen {expected}"), |s, now| {
+                let state = s.scopes.entry(scope.to_owned()).or_default();
+                if !state.holds(lease, now) {
+                    return Err("lease lost");
+                }
+                if state.generation != expected && !skip {
+                    return Err("generation moved on");
+                }
+                state.generation += 1;
+                state.tokens = Some(tokens.clone());
+                state.refreshing = false;
+                state.paused_until = None;
+                Ok(state.generation)
+            })
+            .await?;
+        self.redis.sim.cover(match published {
+            Ok(_) => "redis publish accepted",
+            Err("lease lost") => "redis publish refused: lease lost",
+            Err(_) => "redis publish refused: generation moved on",
+        });
+        Ok(published.ok())
+    }
+
+    async fn pause(&self, scope: &str, lease: &Lease, pause: Duration) -> Result<(), CoordinatorError> {
+        self.command(&format!("pause {pause:?}"), |s, now| {
+            let state = s.scopes.entry(scope.to_owned()).or_default();
+            if state.holds(lease, now) {
+                state.paused_until = now.checked_add(pause);
+            }
+        })
+        .await?;
+        self.redis.sim.cover("redis fleet pause set");
+        Ok(())
+    }
+
+    async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError> {
+        self.command("release", |s, now| {
+            if let Some(state) = s.scopes.get_mut(scope) {
+                if state.holds(lease, now) {
+                    state.lease = None;
+                }
+            }
+        })
+        .await
+    }
+
+    async fn clear(&self, scope: &str) -> Result<(), CoordinatorError> {
+        self.command("clear", |s, _| {
+            let state = s.scopes.entry(scope.to_owned()).or_default();
+            state.generation += 1;
+            state.tokens = None;
+            state.refreshing = false;
+            state.paused_until = None;
+        })
+        .await
+    }
+}
