@@ -167,6 +167,9 @@ struct IqmState {
 pub struct Iqm {
     sim: Arc<Sim>,
     state: Mutex<IqmState>,
+    /// API calls waiting for [`serve_api`](Self::serve_api).
+    api_inbox: Mutex<Vec<ApiCall>>,
+    api_wake: tokio::sync::Notify,
     /// Where a stalled call tells the runner to act.
     stalled: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Stalled>>>,
     pub lifetime: Duration,
@@ -217,6 +220,8 @@ impl Iqm {
                 stalls: vec![None; n],
             }),
             stalled: Mutex::new(None),
+            api_inbox: Mutex::new(Vec::new()),
+            api_wake: tokio::sync::Notify::new(),
             lifetime,
             rotates,
             revokes_family_on_reuse,
@@ -475,23 +480,12 @@ impl Iqm {
 
     /// An API call (anything but the auth endpoints): 200, 401 or 429, and every check of a
     /// token sent.
-    fn api_call(&self, who: &Who, request: &reqwest::Request) -> (StatusCode, Option<Duration>) {
-        let now = Instant::now();
+    fn api_call(&self, call: &ApiCall) -> (StatusCode, Option<Duration>) {
+        let ApiCall { who, id, bearer, ow_id, arrival: now, .. } = call;
+        let (id, now, ow_id) = (*id, *now, *ow_id);
+        let bearer = bearer.clone();
         let mut s = self.state.lock();
         let account = who.account;
-        let id: u64 = request
-            .headers()
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let bearer = request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
-        let ow_id = request.headers().get(OW_ID_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         let attempt = self.sim.checker.lock().attempt(id);
         let started = attempt.map(|(started, _)| started);
         if let Some((_, n)) = attempt.filter(|(_, n)| *n > 2) {
@@ -569,6 +563,24 @@ impl Iqm {
         (status, None)
     }
 
+    /// The API server: calls that arrive at one instant are answered 1 ms later (the network),
+    /// in the order of their request ids, each as of its arrival. Tokio wakes the callers one
+    /// renewal releases in an order of its own (see `Trace`); answering them in a fixed order,
+    /// and waking them in that order, keeps the rate limit's choice of whom to refuse, and
+    /// everything after, the seed's alone.
+    pub async fn serve_api(self: Arc<Self>) {
+        loop {
+            self.api_wake.notified().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let mut calls = std::mem::take(&mut *self.api_inbox.lock());
+            calls.sort_by_key(|c| (c.arrival, c.id, c.attempt));
+            for call in calls {
+                let answer = self.api_call(&call);
+                let _ = call.reply.send(answer);
+            }
+        }
+    }
+
     /// The access token the account's newest live set would use, for the convergence check.
     pub fn is_live(&self, access: &str) -> bool {
         let s = self.state.lock();
@@ -576,6 +588,18 @@ impl Iqm {
             .get(access)
             .is_some_and(|t| t.revoked.is_none() && t.expires_at > Instant::now())
     }
+}
+
+/// An API call on its way to [`Iqm::serve_api`].
+#[derive(Debug)]
+struct ApiCall {
+    who: Who,
+    id: u64,
+    attempt: u64,
+    bearer: Option<String>,
+    ow_id: Option<u64>,
+    arrival: Instant,
+    reply: tokio::sync::oneshot::Sender<(StatusCode, Option<Duration>)>,
 }
 
 /// IQM's auth endpoints as one replica incarnation reaches them.
@@ -695,7 +719,24 @@ impl Middleware for SimApiEndpoint {
         if !self.who.alive() {
             return pending().await;
         }
-        let (status, retry_after) = self.iqm.api_call(&self.who, &request);
+        let headers = request.headers();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let call = ApiCall {
+            who: self.who.clone(),
+            id: headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0),
+            attempt: u64::from(headers.contains_key("x-sim-replayed")),
+            bearer: headers
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_owned),
+            ow_id: headers.get(OW_ID_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+            arrival: Instant::now(),
+            reply,
+        };
+        self.iqm.api_inbox.lock().push(call);
+        self.iqm.api_wake.notify_one();
+        let Ok((status, retry_after)) = answer.await else { return pending().await };
         let mut answer = http::Response::builder().status(status).url(request.url().clone());
         if let Some(retry) = retry_after {
             answer = answer.header(http::header::RETRY_AFTER, retry.as_secs().to_string());
