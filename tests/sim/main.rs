@@ -618,28 +618,42 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
     let credit_until = |extra: Duration| Instant::now() + extra;
     let mut faults_over = false;
     let mut converged_yet = false;
+    // Requests a replica sends soon after a held call (to see what a logout left behind).
+    let mut followups: Vec<(Instant, usize)> = Vec::new();
     let mut events = setup.schedule.iter().peekable();
     loop {
         // The next step: a scheduled event, or a crashed replica coming back.
-        let restart = replicas.iter().filter_map(|r| r.restart_at.map(|t| (t, r.id))).min();
+        let restart = replicas
+            .iter()
+            .filter_map(|r| r.restart_at.map(|t| (t, r.id, false)))
+            .chain(followups.iter().map(|(t, id)| (*t, *id, true)))
+            .min();
         let next = events.peek().map(|(t, _)| start + *t);
         let step = match (next, restart) {
             (None, None) => break,
-            (Some(t), Some((r, _))) if t <= r => None,
+            (Some(t), Some((r, _, _))) if t <= r => None,
             (_, Some(restart)) => Some(restart),
             (Some(_), None) => None,
         };
-        let wake = step.map_or_else(|| next.expect("an event"), |(at, _)| at);
+        let wake = step.map_or_else(|| next.expect("an event"), |(at, _, _)| at);
         let fired = tokio::select! {
             biased;
             fired = stalled.recv() => fired,
             () = tokio::time::sleep_until(wake) => None,
         };
         if let Some((account, holder, action)) = fired {
-            stall_fired(sim, &redis, &mut replicas, account, holder, action);
-        } else if let Some((at, id)) = step {
+            if let Some(id) = stall_fired(sim, &redis, &mut replicas, account, holder, action) {
+                let now = Instant::now();
+                followups.extend([(now + Duration::from_secs(1), id), (now + Duration::from_secs(5), id)]);
+            }
+        } else if let Some((at, id, followup)) = step {
             tokio::time::sleep_until(at).await;
-            restart_replica(sim, model, &iqm, &redis, &mut replicas, id);
+            if followup {
+                followups.retain(|f| *f != (at, id));
+                replicas[id].send(sim);
+            } else {
+                restart_replica(sim, model, &iqm, &redis, &mut replicas, id);
+            }
         } else {
             let (t, event) = events.next().expect("peeked");
             tokio::time::sleep_until(start + *t).await;
@@ -787,8 +801,9 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
     let _ = setup.converge_at;
 }
 
-/// An auth call is held at IQM: the fleet moves on meanwhile.
-fn stall_fired(sim: &Arc<Sim>, redis: &Redis, replicas: &mut [Replica], account: usize, holder: usize, action: StallAction) {
+/// An auth call is held at IQM: the fleet moves on meanwhile. Returns the replica that logged
+/// out, if one did.
+fn stall_fired(sim: &Arc<Sim>, redis: &Redis, replicas: &mut [Replica], account: usize, holder: usize, action: StallAction) -> Option<usize> {
     let now = Instant::now();
     let life = Instant::now() + invariants::EVENT_CREDIT_LIFE;
     match action {
@@ -805,7 +820,9 @@ fn stall_fired(sim: &Arc<Sim>, redis: &Redis, replicas: &mut [Replica], account:
                 let mut checker = sim.checker.lock();
                 checker.credit(account, 1, life, "a logout");
                 checker.disturb(account, now, now + Duration::from_secs(5), "another replica logged out");
+                return Some(id);
             }
+            None
         }
         StallAction::ExpireLeasesAndStorm => {
             sim.cover("lease lost mid-renewal, 401 storm");
@@ -819,6 +836,7 @@ fn stall_fired(sim: &Arc<Sim>, redis: &Redis, replicas: &mut [Replica], account:
             for r in replicas.iter_mut().filter(|r| r.account == account) {
                 r.send(sim);
             }
+            None
         }
     }
 }
