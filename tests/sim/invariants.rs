@@ -73,6 +73,7 @@ struct RequestRecord {
     incarnation: u32,
     account: usize,
     started: Instant,
+    started_seq: u64,
     attempts: u32,
     /// Its last attempt carried a token IQM had revoked before this replica ever sent it.
     revoked_unseen: bool,
@@ -85,8 +86,8 @@ pub struct Checker {
     requests: BTreeMap<u64, RequestRecord>,
     /// The tokens each replica incarnation has sent.
     sent: BTreeMap<(usize, u32), std::collections::BTreeSet<String>>,
-    /// Logouts per replica incarnation: (began, returned).
-    logouts: BTreeMap<(usize, u32), Vec<(Instant, Option<Instant>)>>,
+    /// Logouts per replica incarnation: (began, returned), as instants and in event order.
+    logouts: BTreeMap<(usize, u32), Vec<((Instant, u64), Option<(Instant, u64)>)>>,
     failed: Vec<Vec<Instant>>,
     failed_by_replica: BTreeMap<(usize, u32), Vec<Instant>>,
     credits: Vec<Vec<Credit>>,
@@ -138,7 +139,7 @@ impl Checker {
         self.disturb(account, at, at + Duration::from_secs(180), "IQM answered 429");
     }
 
-    pub fn request_started(&mut self, id: u64, who: &Who) {
+    pub fn request_started(&mut self, id: u64, who: &Who, seq: u64) {
         self.requests.insert(
             id,
             RequestRecord {
@@ -146,18 +147,20 @@ impl Checker {
                 incarnation: who.incarnation,
                 account: who.account,
                 started: Instant::now(),
+                started_seq: seq,
                 attempts: 0,
                 revoked_unseen: false,
             },
         );
     }
 
-    /// A request reached the API; when it started, and how many times it has been sent.
-    pub fn attempt(&mut self, id: u64) -> Option<(Instant, u32)> {
+    /// A request reached the API; when it started (in event order), and how many times it has
+    /// been sent.
+    pub fn attempt(&mut self, id: u64) -> Option<(u64, u32)> {
         let record = self.requests.get_mut(&id)?;
         record.attempts += 1;
         record.revoked_unseen = false;
-        Some((record.started, record.attempts))
+        Some((record.started_seq, record.attempts))
     }
 
     /// Whether this replica incarnation sends `token` for the first time.
@@ -197,7 +200,7 @@ impl Checker {
                     .get(&(record.replica, record.incarnation))
                     .into_iter()
                     .flatten()
-                    .any(|(began, returned)| overlaps(*began, returned.unwrap_or(now)))
+                    .any(|(began, returned)| overlaps(began.0, returned.map_or(now, |r| r.0)))
                     .then_some("its own replica logged out meanwhile")
             });
         match excuse {
@@ -229,30 +232,27 @@ impl Checker {
         self.requests.retain(|_, r| (r.replica, r.incarnation) != (replica, incarnation));
     }
 
-    pub fn logout_began(&mut self, replica: usize, incarnation: u32) -> usize {
+    pub fn logout_began(&mut self, replica: usize, incarnation: u32, seq: u64) -> usize {
         let logouts = self.logouts.entry((replica, incarnation)).or_default();
-        logouts.push((Instant::now(), None));
+        logouts.push(((Instant::now(), seq), None));
         logouts.len() - 1
     }
 
-    pub fn logout_returned(&mut self, replica: usize, incarnation: u32, index: usize) {
+    pub fn logout_returned(&mut self, replica: usize, incarnation: u32, index: usize, seq: u64) {
         if let Some(logout) = self.logouts.get_mut(&(replica, incarnation)).and_then(|l| l.get_mut(index)) {
-            logout.1 = Some(Instant::now());
+            logout.1 = Some((Instant::now(), seq));
         }
     }
 
-    /// When the last logout of this incarnation that returned before `started` began.
-    pub fn fence_for(&self, replica: usize, incarnation: u32, started: Instant) -> Option<Instant> {
+    /// Where (in event order) the last logout of this incarnation that returned before the
+    /// event `started` began.
+    pub fn fence_for(&self, replica: usize, incarnation: u32, started: u64) -> Option<u64> {
         self.logouts
             .get(&(replica, incarnation))?
             .iter()
-            .filter(|(_, returned)| returned.is_some_and(|r| r <= started))
-            .map(|(began, _)| *began)
+            .filter(|(_, returned)| returned.is_some_and(|r| r.1 < started))
+            .map(|(began, _)| began.1)
             .max()
-    }
-
-    pub fn logged_out_before(&self, replica: usize, incarnation: u32, started: Instant) -> bool {
-        self.fence_for(replica, incarnation, started).is_some()
     }
 
     /// An auth call (login or refresh) sent at `sent` by `who` ended, `ok` if its token reached

@@ -217,6 +217,9 @@ pub struct Sim {
     violations: Mutex<Vec<Violation>>,
     coverage: Mutex<BTreeMap<String, u64>>,
     next_request: AtomicU64,
+    /// Orders events of one simulated instant: a request that starts in the instant its
+    /// replica's logout returns started before or after it.
+    order: AtomicU64,
 }
 
 impl std::fmt::Debug for Sim {
@@ -282,6 +285,11 @@ impl Sim {
                 coverage.insert(what.to_owned(), 1);
             }
         }
+    }
+
+    /// A number that grows with every call: the order of events, within an instant too.
+    pub fn seq(&self) -> u64 {
+        self.order.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn next_request_id(&self) -> u64 {
@@ -567,6 +575,7 @@ pub fn run_seed(seed: u64, model: &FaultModel, keep_trace: bool) -> Report {
         violations: Mutex::new(Vec::new()),
         coverage: Mutex::new(BTreeMap::new()),
         next_request: AtomicU64::new(0),
+        order: AtomicU64::new(0),
     });
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(run(&sim, model, &setup))));
     if let Err(panic) = outcome {
@@ -643,8 +652,13 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
         };
         if let Some((account, holder, action)) = fired {
             if let Some(id) = stall_fired(sim, &redis, &mut replicas, account, holder, action) {
+                // Right after the logout (a renewal of its own races the held one), or only
+                // once the held call has ended (what did it leave in the cache?).
                 let now = Instant::now();
-                followups.extend([(now + Duration::from_secs(1), id), (now + Duration::from_secs(5), id)]);
+                if sim.rng.lock().chance(0.5) {
+                    followups.push((now + Duration::from_secs(1), id));
+                }
+                followups.push((now + Duration::from_secs(5), id));
             }
         } else if let Some((at, id, followup)) = step {
             tokio::time::sleep_until(at).await;

@@ -159,7 +159,7 @@ impl Replica {
     pub fn send(&mut self, sim: &Arc<Sim>) {
         let (Some(client), Some(who)) = (&self.client, &self.who) else { return };
         let id = sim.next_request_id();
-        sim.checker.lock().request_started(id, who);
+        sim.checker.lock().request_started(id, who, sim.seq());
         sim.event(format!("req{id} starts on {}", who.label()));
         let request = client
             .get(format!("{BASE_URL}api/v3/campaigns"))
@@ -189,10 +189,10 @@ impl Replica {
         let (Some(auth), Some(who)) = (self.auth.clone(), self.who.clone()) else { return };
         let sim = Arc::clone(sim);
         self.tasks.push(tokio::spawn(async move {
-            let index = sim.checker.lock().logout_began(who.replica, who.incarnation);
+            let index = sim.checker.lock().logout_began(who.replica, who.incarnation, sim.seq());
             sim.event(format!("{} logout() begins", who.label()));
             let result = auth.logout().await;
-            sim.checker.lock().logout_returned(who.replica, who.incarnation, index);
+            sim.checker.lock().logout_returned(who.replica, who.incarnation, index, sim.seq());
             sim.event(format!("{} logout() returned {:?}", who.label(), result.map_err(|e| e.to_string())));
         }));
     }
