@@ -726,6 +726,20 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                 Event::IqmFault { account, fault, length } => {
                     let now = Instant::now();
                     iqm.add_fault(*account, now, now + *length, *fault);
+                    // Traffic goes on through the fault: a request every 5 s from one of the
+                    // account's replicas, and often a revocation at its start, so that every
+                    // request needs a renewal while IQM fails.
+                    let ids: Vec<usize> = replicas.iter().filter(|r| r.account == *account).map(|r| r.id).collect();
+                    let mut t = now + Duration::from_secs(1);
+                    while t < now + *length + Duration::from_secs(30) {
+                        followups.push((t, ids[sim.rng.lock().below(ids.len() as u64) as usize]));
+                        t += Duration::from_secs(5);
+                    }
+                    if sim.rng.lock().chance(0.5) {
+                        iqm.revoke(*account, false);
+                        sim.cover("iqm revokes access tokens as a fault window opens");
+                        sim.checker.lock().credit(*account, 1, now + *length + invariants::EVENT_CREDIT_LIFE, "a revocation");
+                    }
                     sim.cover(fault.name());
                     sim.event(format!("fault: {} for account {account} for {length:?}", fault.name()));
                     let mut checker = sim.checker.lock();
