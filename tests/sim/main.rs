@@ -119,6 +119,9 @@ pub struct FaultModel {
     pub redis_rollback: bool,
     /// Each replica's wall clock is off by up to this much either way.
     pub clock_skew: Duration,
+    /// A token store on a replica that renews without a coordinator (on its own, or while
+    /// Redis is unusable).
+    pub store_without_coordinator: bool,
 }
 
 impl FaultModel {
@@ -145,6 +148,7 @@ impl FaultModel {
             redis_restart: true,
             redis_rollback: true,
             clock_skew: Duration::from_secs(120),
+            store_without_coordinator: true,
         }
     }
 
@@ -159,6 +163,7 @@ impl FaultModel {
             redis_restart: false,
             redis_rollback: false,
             clock_skew: Duration::ZERO,
+            store_without_coordinator: false,
             ..Self::full()
         }
     }
@@ -195,6 +200,7 @@ impl FaultModel {
                         "redis_lease_expiry" => model.redis_lease_expiry = on,
                         "redis_restart" => model.redis_restart = on,
                         "redis_rollback" => model.redis_rollback = on,
+                        "store_without_coordinator" => model.store_without_coordinator = on,
                         "clock_skew" => model.clock_skew = if on { Self::full().clock_skew } else { Duration::ZERO },
                         _ => panic!("SIM_FAULTS: unknown fault kind {name}"),
                     }
@@ -376,6 +382,9 @@ enum Event {
 
 struct Setup {
     lifetime: Duration,
+    /// Whether the single replica of account 1 shares its session through Redis too (else it
+    /// is a layer on its own: the path without a coordinator).
+    single_shares: bool,
     rotates: bool,
     revokes_family_on_reuse: bool,
     replicas: Vec<(usize, i64, bool)>,
@@ -390,11 +399,15 @@ fn plan(seed: u64, model: &FaultModel) -> Setup {
     let lifetime = Duration::from_secs(rng.pick(&[600, 1800, 3600, 3600, 36_000]));
     let rotates = rng.chance(0.85);
     let revokes_family_on_reuse = rng.chance(0.5);
+    let single_shares = rng.chance(0.5);
     let skew = model.clock_skew.as_millis() as u64;
     let replicas: Vec<(usize, i64, bool)> = (0..REPLICAS)
         .map(|id| {
             let offset = rng.below(2 * skew + 1) as i64 - skew as i64;
-            (usize::from(id >= ACCOUNT_SPLIT), offset, rng.chance(0.5))
+            let account = usize::from(id >= ACCOUNT_SPLIT);
+            let shares = account == 0 || single_shares;
+            let store = rng.chance(0.5) && (shares || model.store_without_coordinator);
+            (account, offset, store)
         })
         .collect();
     // Faults stop early enough that every token obtained during them expires before the
@@ -505,7 +518,7 @@ fn plan(seed: u64, model: &FaultModel) -> Setup {
     }
     // Stable: events at one instant keep the order they were drawn in.
     schedule.sort_by_key(|(t, _)| *t);
-    Setup { lifetime, rotates, revokes_family_on_reuse, replicas, late, faults_end, converge_at, schedule }
+    Setup { lifetime, single_shares, rotates, revokes_family_on_reuse, replicas, late, faults_end, converge_at, schedule }
 }
 
 struct IqmFaultKind;
@@ -617,7 +630,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
         .replicas
         .iter()
         .enumerate()
-        .map(|(id, (account, offset, store))| Replica::new(id, *account, *offset, *store))
+        .map(|(id, (account, offset, store))| Replica::new(id, *account, *offset, *store, *account == 0 || setup.single_shares))
         .collect();
     sim.event(format!(
         "seed {}: tokens live {:?}, rotating {}, reuse revokes the family {}, late joiners {:?}, faults until {}, replicas (account, wall offset ms, store) {:?}",
@@ -922,6 +935,7 @@ async fn converged(sim: &Arc<Sim>, iqm: &Arc<Iqm>, redis: &Arc<Redis>, replicas:
     let shared: Vec<String> = redis.scopes().iter().filter_map(|s| redis.shared_access(s)).collect();
     let mut problems = Vec::new();
     for account in 0..2 {
+        let shares = replicas.iter().any(|r| r.account == account && r.shared);
         let mut tokens = BTreeMap::new();
         for r in replicas.iter().filter(|r| r.account == account) {
             let Some(auth) = &r.auth else {
@@ -943,7 +957,7 @@ async fn converged(sim: &Arc<Sim>, iqm: &Arc<Iqm>, redis: &Arc<Redis>, replicas:
             if !iqm.is_live(token) {
                 problems.push(format!("account {account}: {token} is not live at IQM"));
             }
-            if !shared.contains(token) {
+            if shares && !shared.contains(token) {
                 problems.push(format!("account {account}: {token} is not the shared set (redis holds {shared:?})"));
             }
         }

@@ -90,6 +90,8 @@ pub struct Replica {
     pub id: usize,
     pub account: usize,
     pub offset_ms: i64,
+    /// Whether it shares its account's session through Redis (else it is a service of one).
+    pub shared: bool,
     /// The replica's disk, if it keeps its session there across restarts.
     pub disk: Option<Arc<MemoryTokenStore>>,
     pub incarnation: u32,
@@ -102,11 +104,12 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub fn new(id: usize, account: usize, offset_ms: i64, with_store: bool) -> Self {
+    pub fn new(id: usize, account: usize, offset_ms: i64, with_store: bool, shared: bool) -> Self {
         Self {
             id,
             account,
             offset_ms,
+            shared,
             disk: with_store.then(Arc::default),
             incarnation: 0,
             who: None,
@@ -139,8 +142,10 @@ impl Replica {
             .auth_http_client(http())
             .auth_api(SimAuthApi { iqm: Arc::clone(iqm), who: who.clone() })
             .clock(Arc::new(SimClock { start, offset_ms: self.offset_ms }))
-            .jitter_seed(sim.seed ^ ((self.id as u64) << 32) ^ u64::from(self.incarnation))
-            .shared_session(SimCoordinator { redis: Arc::clone(redis), who: who.clone() });
+            .jitter_seed(sim.seed ^ ((self.id as u64) << 32) ^ u64::from(self.incarnation));
+        if self.shared {
+            builder = builder.shared_session(SimCoordinator { redis: Arc::clone(redis), who: who.clone() });
+        }
         if let Some(disk) = &self.disk {
             builder = builder.token_store(Arc::new(GatedStore { disk: Arc::clone(disk), alive: Arc::clone(&who.alive) }));
         }
