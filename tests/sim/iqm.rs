@@ -160,6 +160,7 @@ struct IqmState {
     faults: Vec<Vec<(Instant, Instant, AuthFault)>>,
     traps: Vec<Option<CrashTrap>>,
     stalls: Vec<Option<StallAction>>,
+    spared: Option<String>,
 }
 
 /// The simulated IQM.
@@ -218,6 +219,7 @@ impl Iqm {
                 faults: vec![Vec::new(); n],
                 traps: vec![None; n],
                 stalls: vec![None; n],
+                spared: None,
             }),
             stalled: Mutex::new(None),
             api_inbox: Mutex::new(Vec::new()),
@@ -259,11 +261,17 @@ impl Iqm {
         self.state.lock().traps[account] = Some(trap);
     }
 
-    /// Revokes every live access token of the account, and with `refresh` its refresh tokens.
+    /// Revokes every live access token of the account, and with `refresh` its refresh tokens;
+    /// with `spare`, not the token the held call just obtained.
     pub fn revoke(&self, account: usize, refresh: bool) -> usize {
+        self.revoke_sparing(account, refresh, false)
+    }
+
+    pub fn revoke_sparing(&self, account: usize, refresh: bool, spare: bool) -> usize {
         let mut s = self.state.lock();
+        let spared = if spare { s.spared.take() } else { None };
         let mut n = 0;
-        for token in s.access.values_mut().filter(|t| t.account == account && t.revoked.is_none()) {
+        for (_, token) in s.access.iter_mut().filter(|(k, t)| t.account == account && t.revoked.is_none() && Some(*k) != spared.as_ref()) {
             token.revoked = Some(Revoked::Revocation);
             n += 1;
         }
@@ -348,14 +356,10 @@ impl Iqm {
         if fault.is_none() && !matches!(call, Call::Logout(_)) {
             if let Some(action) = s.stalls[account].take() {
                 if self.rate_limited(&mut s, account, now).is_none() {
-                    if action == StallAction::ExpireLeasesAndStorm {
-                        // The revocation comes first: the held call's own token is not revoked
-                        // (a revocation racing a renewal is `revocations_in_succession`).
-                        for token in s.access.values_mut().filter(|t| t.account == account && t.revoked.is_none()) {
-                            token.revoked = Some(Revoked::Revocation);
-                        }
-                    }
                     let answer = self.act(&mut s, who, call, sent, now);
+                    // The held call's own token is spared by the storm's revocation (a
+                    // revocation racing a renewal is `revocations_in_succession`).
+                    s.spared = answer.as_ref().ok().map(|set| set.access_token.expose().to_owned());
                     self.sim.cover("auth call stalled while the fleet moves on");
                     self.sim.event(format!("{}'s {endpoint} call is held 3s: {action:?}", who.label()));
                     if let Some(tell) = &*self.stalled.lock() {

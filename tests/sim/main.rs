@@ -122,6 +122,9 @@ pub struct FaultModel {
     /// A token store on a replica that renews without a coordinator (on its own, or while
     /// Redis is unusable).
     pub store_without_coordinator: bool,
+    /// A lease lost mid-renewal with no other replica to publish instead (account 1's single
+    /// replica): the shared set stays one the replica already saw refused.
+    pub lease_lost_alone: bool,
 }
 
 impl FaultModel {
@@ -149,6 +152,7 @@ impl FaultModel {
             redis_rollback: true,
             clock_skew: Duration::from_secs(120),
             store_without_coordinator: true,
+            lease_lost_alone: true,
         }
     }
 
@@ -164,6 +168,7 @@ impl FaultModel {
             redis_rollback: false,
             clock_skew: Duration::ZERO,
             store_without_coordinator: false,
+            lease_lost_alone: false,
             ..Self::full()
         }
     }
@@ -200,6 +205,7 @@ impl FaultModel {
                         "redis_lease_expiry" => model.redis_lease_expiry = on,
                         "redis_restart" => model.redis_restart = on,
                         "redis_rollback" => model.redis_rollback = on,
+                        "lease_lost_alone" => model.lease_lost_alone = on,
                         "store_without_coordinator" => model.store_without_coordinator = on,
                         "clock_skew" => model.clock_skew = if on { Self::full().clock_skew } else { Duration::ZERO },
                         _ => panic!("SIM_FAULTS: unknown fault kind {name}"),
@@ -488,10 +494,14 @@ fn plan(seed: u64, model: &FaultModel) -> Setup {
             11 => Event::ExpireLeases,
             12 => Event::RedisRestart,
             13 => Event::RedisRollback,
-            _ => Event::Stall {
-                account: 0,
-                action: rng.pick(&[StallAction::LogoutSelf, StallAction::LogoutOther, StallAction::ExpireLeasesAndStorm]),
-            },
+            _ => {
+                let actions: &[StallAction] = if account == 1 && !model.lease_lost_alone {
+                    &[StallAction::LogoutSelf]
+                } else {
+                    &[StallAction::LogoutSelf, StallAction::LogoutOther, StallAction::ExpireLeasesAndStorm]
+                };
+                Event::Stall { account, action: rng.pick(actions) }
+            }
         };
         schedule.push((t, event));
     }
@@ -642,6 +652,18 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
     let mut converged_yet = false;
     // Requests a replica sends soon after a held call (to see what a logout left behind).
     let mut followups: Vec<(Instant, usize)> = Vec::new();
+    // When each account's tokens were last killed (a revocation, a logout), for CI's
+    // `revocations_in_succession: false`, which holds also for the traps' logouts and storms.
+    let mut last_kill: [Option<Instant>; 2] = [None, None];
+    let gap = setup.lifetime + Duration::from_secs(600);
+    let mut may_kill = |account: usize| {
+        let now = Instant::now();
+        if !model.revocations_in_succession && last_kill[account].is_some_and(|t| now < t + gap) {
+            return false;
+        }
+        last_kill[account] = Some(now);
+        true
+    };
     let mut events = setup.schedule.iter().peekable();
     loop {
         // The next step: a scheduled event, or a crashed replica coming back.
@@ -664,7 +686,9 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
             () = tokio::time::sleep_until(wake) => None,
         };
         if let Some((account, holder, action)) = fired {
-            if let Some(id) = stall_fired(sim, &redis, &mut replicas, account, holder, action) {
+            if !may_kill(account) {
+                sim.event("the held call's companion event is skipped: tokens were killed too recently".to_owned());
+            } else if let Some(id) = stall_fired(sim, &iqm, &redis, &mut replicas, account, holder, action) {
                 // Right after the logout (a renewal of its own races the held one), or only
                 // once the held call has ended (what did it leave in the cache?).
                 let now = Instant::now();
@@ -711,7 +735,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                 }
                 Event::Logout(id) => {
                     let r = &mut replicas[*id];
-                    if r.is_up() {
+                    if r.is_up() && may_kill(r.account) {
                         sim.cover("logout()");
                         r.logout(sim);
                         sim.checker.lock().credit(r.account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a logout");
@@ -727,7 +751,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                         sim.checker.lock().credit(replicas[*id].account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a crash");
                     }
                 }
-                Event::Revoke { account, refresh } => {
+                Event::Revoke { account, refresh } if may_kill(*account) => {
                     let n = iqm.revoke(*account, *refresh);
                     sim.cover(if *refresh { "iqm revokes access and refresh tokens" } else { "iqm revokes access tokens" });
                     sim.event(format!("iqm revokes {n} access tokens of account {account} (refresh tokens too: {refresh})"));
@@ -736,6 +760,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     checker.credit(*account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a revocation");
                     checker.disturb(*account, now, now + Duration::from_secs(5), "a revocation");
                 }
+                Event::Revoke { .. } => {}
                 Event::IqmFault { account, fault, length } => {
                     let now = Instant::now();
                     iqm.add_fault(*account, now, now + *length, *fault);
@@ -748,7 +773,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                         followups.push((t, ids[sim.rng.lock().below(ids.len() as u64) as usize]));
                         t += Duration::from_secs(5);
                     }
-                    if sim.rng.lock().chance(0.5) {
+                    if sim.rng.lock().chance(0.5) && may_kill(*account) {
                         iqm.revoke(*account, false);
                         sim.cover("iqm revokes access tokens as a fault window opens");
                         sim.checker.lock().credit(*account, 1, now + *length + invariants::EVENT_CREDIT_LIFE, "a revocation");
@@ -844,7 +869,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
 
 /// An auth call is held at IQM: the fleet moves on meanwhile. Returns the replica that logged
 /// out, if one did.
-fn stall_fired(sim: &Arc<Sim>, redis: &Redis, replicas: &mut [Replica], account: usize, holder: usize, action: StallAction) -> Option<usize> {
+fn stall_fired(sim: &Arc<Sim>, iqm: &Iqm, redis: &Redis, replicas: &mut [Replica], account: usize, holder: usize, action: StallAction) -> Option<usize> {
     let now = Instant::now();
     let life = Instant::now() + invariants::EVENT_CREDIT_LIFE;
     match action {
@@ -867,7 +892,7 @@ fn stall_fired(sim: &Arc<Sim>, redis: &Redis, replicas: &mut [Replica], account:
         }
         StallAction::ExpireLeasesAndStorm => {
             sim.cover("lease lost mid-renewal, 401 storm");
-            // IQM revoked the account's access tokens as the held call arrived.
+            iqm.revoke_sparing(account, false, true);
             redis.expire_leases();
             let mut checker = sim.checker.lock();
             checker.credit(account, 2, life, "a lease lost mid-renewal");
