@@ -32,7 +32,7 @@ use iqm::{Account, AuthFault, CrashTrap, Iqm, StallAction};
 use replica::Replica;
 
 /// The seeds CI runs, `0..CI_SEEDS`, besides the regression list.
-const CI_SEEDS: u64 = 500;
+const CI_SEEDS: u64 = 2_000;
 const DAY: Duration = Duration::from_secs(86_400);
 const REPLICAS: usize = 10;
 /// Replicas `0..ACCOUNT_SPLIT` use account 0 (a fleet), the rest account 1 (a single replica,
@@ -87,9 +87,25 @@ impl Rng {
 // ---------------------------------------------------------------------------------------------
 // Which faults a run injects.
 
-/// The fault kinds a run may inject. CI's set ([`FaultModel::ci`]) leaves out the kinds whose
-/// violations belong to the fleet-hardening issue (Redis rollback, Redis restart, wall clocks
-/// that disagree by more than the renewal margin can absorb); the checks stay the same.
+/// The fault kinds a run may inject. The checks are the same whatever the model.
+///
+/// CI's set ([`FaultModel::ci`]) leaves out the kinds under which the library breaks a promise
+/// today, each waiting for a fix (most belong to the fleet-hardening issue; the seeds that show
+/// them are in `regressions.txt`, commented out):
+/// - `redis_errors`, `redis_slow`, `redis_lost_answers`: a stored set refreshed on a replica's
+///   own while Redis is unusable (spent refresh token presented); a logout whose `clear` failed
+///   leaves the session it ended in Redis (logout fence);
+/// - `redis_restart` (generations start over: a replica never adopts the new set) and
+///   `redis_rollback` (a rolled-back set's spent refresh token is presented);
+/// - `clock_skew` (a replica whose wall clock lags sends a shared token after it expired);
+/// - `long_outages_on_fleet` (failed auth calls are budgeted per replica, not fleet-wide);
+/// - `store_without_coordinator` (a crash mid-refresh, then a restart on the store, presents
+///   the spent refresh token: a bug of the single layer too);
+/// - `revocations_in_succession` (the endpoint-refusal proof counts a token adopted after a
+///   401, but obtained before it, as proof; with two revocations close together a request's
+///   401 is then handed back unrenewed);
+/// - `lease_lost_alone` (a holder that lost its lease keeps its token unpublished; the stale
+///   shared set it already saw refused is adopted again after a later 401).
 #[derive(Debug, Clone, Copy)]
 pub struct FaultModel {
     pub name: &'static str,
