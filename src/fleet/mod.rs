@@ -177,6 +177,8 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
 
 /// A [`SessionCoordinator`] in memory: layers in one process that share it share one session.
 /// For tests of code that runs with a shared session; across processes use [`RedisSession`].
+/// Its leases expire on the real monotonic clock (`std::time::Instant`), not on tokio's: under
+/// paused time they never run out.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
