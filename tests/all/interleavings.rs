@@ -386,3 +386,34 @@ async fn with_replay_off_a_401_to_a_waited_for_token_is_handed_back_at_once() {
     .await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
 }
+
+/// Found by the simulator (seed 11): a process that crashed mid-refresh found the refresh token
+/// it had presented in its store on restart, and presented it again. It leaves the store first.
+#[tokio::test]
+async fn a_refresh_token_is_out_of_the_store_while_it_is_presented() {
+    let store = Arc::new(MemoryTokenStore::default());
+    let h = Harness::with({
+        let store = store.clone();
+        move |b| b.token_store(store)
+    })
+    .await;
+    assert_eq!(h.get("/x").await.unwrap(), 200);
+    let before = store.load().await.unwrap().unwrap();
+    assert!(before.refresh_token.is_some());
+
+    h.iqm.set_refresh_delay(Duration::from_millis(300));
+    let renewal = tokio::spawn({
+        let auth = h.auth.clone();
+        async move { auth.renew().await }
+    });
+    crate::support::eventually("the refresh reached IQM", || h.iqm.refreshes() == 1).await;
+    let during = store.load().await.unwrap().unwrap();
+    assert_eq!(during.access_token, before.access_token);
+    assert_eq!(during.refresh_token, None, "presented while still stored");
+
+    renewal.await.unwrap().unwrap();
+    let after = store.load().await.unwrap().unwrap();
+    assert!(after.refresh_token.is_some());
+    assert_ne!(after.refresh_token, before.refresh_token);
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (1, 1));
+}

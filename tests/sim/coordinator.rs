@@ -63,7 +63,9 @@ struct Scope {
 
 impl Scope {
     fn holds(&self, lease: &Lease, now: Instant) -> bool {
-        self.lease.as_ref().is_some_and(|(fence, until)| *fence == lease.fence && now < *until)
+        self.lease
+            .as_ref()
+            .is_some_and(|(fence, until)| *fence == lease.fence && now < *until)
     }
 }
 
@@ -90,7 +92,8 @@ impl Redis {
         Self {
             sim,
             state: Mutex::default(),
-            skip_generation_check: std::env::var("SIM_MUTATE").is_ok_and(|m| m == "publish-generation"),
+            skip_generation_check: std::env::var("SIM_MUTATE")
+                .is_ok_and(|m| m == "publish-generation"),
         }
     }
 
@@ -129,7 +132,11 @@ impl Redis {
     /// The shared access token of a scope, for the convergence check.
     pub fn shared_access(&self, scope: &str) -> Option<String> {
         let s = self.state.lock();
-        s.scopes.get(scope)?.tokens.as_ref().map(|t| t.access_token.expose().to_owned())
+        s.scopes
+            .get(scope)?
+            .tokens
+            .as_ref()
+            .map(|t| t.access_token.expose().to_owned())
     }
 
     pub fn scopes(&self) -> Vec<String> {
@@ -138,13 +145,20 @@ impl Redis {
 
     fn fault_at(&self, now: Instant) -> Option<CoordFault> {
         let s = self.state.lock();
-        s.faults.iter().rev().find(|(from, until, _)| *from <= now && now < *until).map(|f| f.2)
+        s.faults
+            .iter()
+            .rev()
+            .find(|(from, until, _)| *from <= now && now < *until)
+            .map(|f| f.2)
     }
 
     fn apply<T>(&self, f: impl FnOnce(&mut RedisState, Instant) -> T) -> T {
         let now = Instant::now();
         let mut s = self.state.lock();
-        if s.snapshots.back().is_none_or(|(at, _)| now.duration_since(*at) >= SNAPSHOT_EVERY) {
+        if s.snapshots
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= SNAPSHOT_EVERY)
+        {
             let copy = s.scopes.clone();
             s.snapshots.push_back((now, copy));
             if s.snapshots.len() > SNAPSHOTS_KEPT {
@@ -187,10 +201,15 @@ impl SimCoordinator {
             let mut rng = sim.rng.lock();
             match fault {
                 Some(CoordFault::Errors) => {
-                    sim.event(format!("redis: {name} by {} -> connection refused", self.who.label()));
+                    sim.event(format!(
+                        "redis: {name} by {} -> connection refused",
+                        self.who.label()
+                    ));
                     return Err(CoordinatorError("connection refused".to_owned()));
                 }
-                Some(CoordFault::Slow) => (false, Some(Duration::from_millis(rng.range(500, 4000)))),
+                Some(CoordFault::Slow) => {
+                    (false, Some(Duration::from_millis(rng.range(500, 4000))))
+                }
                 Some(CoordFault::LostAnswers) => (rng.chance(0.33), None),
                 None => (false, None),
             }
@@ -202,7 +221,11 @@ impl SimCoordinator {
             }
         }
         let answer = self.redis.apply(f);
-        sim.event(format!("redis: {name} by {} -> {answer:?}{}", self.who.label(), if lose { " (answer lost)" } else { "" }));
+        sim.event(format!(
+            "redis: {name} by {} -> {answer:?}{}",
+            self.who.label(),
+            if lose { " (answer lost)" } else { "" }
+        ));
         if lose {
             sim.cover("redis answer lost after applying");
             return pending().await;
@@ -225,41 +248,69 @@ impl SessionCoordinator for SimCoordinator {
         let shared = self
             .command("read", |s, now| {
                 s.scopes.get(scope).map(|s| {
-                    let pause = s.paused_until.map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
-                    Shown((s.generation, s.tokens.as_ref().map(|t| t.access_token.expose().to_owned()), s.refreshing, pause), s.tokens.clone())
+                    let pause = s
+                        .paused_until
+                        .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+                    Shown(
+                        (
+                            s.generation,
+                            s.tokens
+                                .as_ref()
+                                .map(|t| t.access_token.expose().to_owned()),
+                            s.refreshing,
+                            pause,
+                        ),
+                        s.tokens.clone(),
+                    )
                 })
             })
             .await?;
         let sim = &self.redis.sim;
-        Ok(shared.map(|Shown((generation, _, refreshing, pause), tokens)| {
-            if refreshing {
-                sim.cover("redis read: set marked refreshing");
-            }
-            if !pause.is_zero() {
-                sim.cover("redis read: fleet paused");
-            }
-            SharedTokens::new(generation, tokens, refreshing).paused(pause)
-        }))
+        Ok(
+            shared.map(|Shown((generation, _, refreshing, pause), tokens)| {
+                if refreshing {
+                    sim.cover("redis read: set marked refreshing");
+                }
+                if !pause.is_zero() {
+                    sim.cover("redis read: fleet paused");
+                }
+                SharedTokens::new(generation, tokens, refreshing).paused(pause)
+            }),
+        )
     }
 
     async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
         let taken = self
             .command("try_lease", |s, now| {
-                let held = s.scopes.get(scope).and_then(|sc| sc.lease.as_ref()).is_some_and(|(_, until)| now < *until);
+                let held = s
+                    .scopes
+                    .get(scope)
+                    .and_then(|sc| sc.lease.as_ref())
+                    .is_some_and(|(_, until)| now < *until);
                 if held {
                     return None;
                 }
                 s.fences += 1;
                 let fence = format!("fence-{}", s.fences);
-                s.scopes.entry(scope.to_owned()).or_default().lease = Some((fence.clone(), now + LEASE_TTL));
+                s.scopes.entry(scope.to_owned()).or_default().lease =
+                    Some((fence.clone(), now + LEASE_TTL));
                 Some(fence)
             })
             .await?;
-        self.redis.sim.cover(if taken.is_some() { "redis lease taken" } else { "redis lease busy" });
+        self.redis.sim.cover(if taken.is_some() {
+            "redis lease taken"
+        } else {
+            "redis lease busy"
+        });
         Ok(taken.map(|fence| Lease { fence }))
     }
 
-    async fn mark_refreshing(&self, scope: &str, lease: &Lease, generation: u64) -> Result<bool, CoordinatorError> {
+    async fn mark_refreshing(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        generation: u64,
+    ) -> Result<bool, CoordinatorError> {
         let marked = self
             .command("mark_refreshing", |s, now| {
                 let state = s.scopes.entry(scope.to_owned()).or_default();
@@ -270,28 +321,41 @@ impl SessionCoordinator for SimCoordinator {
                 marked
             })
             .await?;
-        self.redis.sim.cover(if marked { "redis mark_refreshing done" } else { "redis mark_refreshing refused" });
+        self.redis.sim.cover(if marked {
+            "redis mark_refreshing done"
+        } else {
+            "redis mark_refreshing refused"
+        });
         Ok(marked)
     }
 
-    async fn publish(&self, scope: &str, lease: &Lease, expected: u64, tokens: &StoredTokens) -> Result<Option<u64>, CoordinatorError> {
+    async fn publish(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        expected: u64,
+        tokens: &StoredTokens,
+    ) -> Result<Option<u64>, CoordinatorError> {
         let skip = self.redis.skip_generation_check;
         let access = tokens.access_token.expose().to_owned();
         let published = self
-            .command(&format!("publish {access} from gen {expected}"), |s, now| {
-                let state = s.scopes.entry(scope.to_owned()).or_default();
-                if !state.holds(lease, now) {
-                    return Err("lease lost");
-                }
-                if state.generation != expected && !skip {
-                    return Err("generation moved on");
-                }
-                state.generation += 1;
-                state.tokens = Some(tokens.clone());
-                state.refreshing = false;
-                state.paused_until = None;
-                Ok(state.generation)
-            })
+            .command(
+                &format!("publish {access} from gen {expected}"),
+                |s, now| {
+                    let state = s.scopes.entry(scope.to_owned()).or_default();
+                    if !state.holds(lease, now) {
+                        return Err("lease lost");
+                    }
+                    if state.generation != expected && !skip {
+                        return Err("generation moved on");
+                    }
+                    state.generation += 1;
+                    state.tokens = Some(tokens.clone());
+                    state.refreshing = false;
+                    state.paused_until = None;
+                    Ok(state.generation)
+                },
+            )
             .await?;
         self.redis.sim.cover(match published {
             Ok(_) => "redis publish accepted",
@@ -301,7 +365,12 @@ impl SessionCoordinator for SimCoordinator {
         Ok(published.ok())
     }
 
-    async fn pause(&self, scope: &str, lease: &Lease, pause: Duration) -> Result<(), CoordinatorError> {
+    async fn pause(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        pause: Duration,
+    ) -> Result<(), CoordinatorError> {
         self.command(&format!("pause {pause:?}"), |s, now| {
             let state = s.scopes.entry(scope.to_owned()).or_default();
             if state.holds(lease, now) {

@@ -41,10 +41,18 @@ impl Invariant {
         match self {
             Self::SpentRefreshToken => "no spent refresh token presented",
             Self::ForeignToken => "no request carries a token of another account",
-            Self::LiveToken => "every token sent was live at IQM when sent (a revocation not yet seen excepted)",
-            Self::FailedCallBudget => "at most 10 failed auth calls per account in any minute (fleet-wide and per replica)",
-            Self::OneAuthCallPerEvent => "at most one successful auth call per event per account, fleet-wide (slack: 2 an hour)",
-            Self::RequestsSucceed => "every request made while IQM is up succeeds, directly or after one replay",
+            Self::LiveToken => {
+                "every token sent was live at IQM when sent (a revocation not yet seen excepted)"
+            }
+            Self::FailedCallBudget => {
+                "at most 10 failed auth calls per account in any minute (fleet-wide and per replica)"
+            }
+            Self::OneAuthCallPerEvent => {
+                "at most one successful auth call per event per account, fleet-wide (slack: 2 an hour)"
+            }
+            Self::RequestsSucceed => {
+                "every request made while IQM is up succeeds, directly or after one replay"
+            }
             Self::Converge => "after faults stop, every replica converges on one shared token",
             Self::NoPanicNoHang => "no panic, no hang",
         }
@@ -112,7 +120,14 @@ impl Checker {
             failed: vec![Vec::new(); accounts],
             failed_by_replica: BTreeMap::new(),
             credits: (0..accounts)
-                .map(|_| vec![Credit { from: start, until: far, why: "cold start", left: 1 }])
+                .map(|_| {
+                    vec![Credit {
+                        from: start,
+                        until: far,
+                        why: "cold start",
+                        left: 1,
+                    }]
+                })
                 .collect(),
             expiry_credit: vec![None; accounts],
             unexplained: vec![VecDeque::new(); accounts],
@@ -125,7 +140,12 @@ impl Checker {
 
     /// An event that may cost `count` successful auth calls for `account` until `until`.
     pub fn credit(&mut self, account: usize, count: u32, until: Instant, why: &'static str) {
-        self.credits[account].push(Credit { from: Instant::now(), until, why, left: count });
+        self.credits[account].push(Credit {
+            from: Instant::now(),
+            until,
+            why,
+            left: count,
+        });
     }
 
     /// Requests of `account` that fail between `from` and `until` are excused (IQM was not up).
@@ -136,7 +156,12 @@ impl Checker {
     pub fn saw_429(&mut self, account: usize, at: Instant) {
         // The pause after a 429 lasts up to its Retry-After (at most 60 s here), and its failed
         // call stays in the budget for a minute.
-        self.disturb(account, at, at + Duration::from_secs(180), "IQM answered 429");
+        self.disturb(
+            account,
+            at,
+            at + Duration::from_secs(180),
+            "IQM answered 429",
+        );
     }
 
     pub fn request_started(&mut self, id: u64, who: &Who, seq: u64) {
@@ -165,7 +190,10 @@ impl Checker {
 
     /// Whether this replica incarnation sends `token` for the first time.
     pub fn first_use(&mut self, who: &Who, token: &str) -> bool {
-        self.sent.entry((who.replica, who.incarnation)).or_default().insert(token.to_owned())
+        self.sent
+            .entry((who.replica, who.incarnation))
+            .or_default()
+            .insert(token.to_owned())
     }
 
     /// The attempt of request `id` carried a token revoked before this replica ever sent it:
@@ -178,23 +206,35 @@ impl Checker {
 
     /// A request ended with `outcome` (the status, or the layer's error).
     pub fn request_finished(&mut self, sim: &Sim, id: u64, outcome: Result<u16, String>) {
-        let Some(record) = self.requests.remove(&id) else { return };
+        let Some(record) = self.requests.remove(&id) else {
+            return;
+        };
         let now = Instant::now();
         let took = now.duration_since(record.started);
         self.max_latency = self.max_latency.max(took);
         if took > HANG_BOUND {
-            sim.violation(Invariant::NoPanicNoHang, format!("req{id} of r{}.{} took {took:?}", record.replica, record.incarnation));
+            sim.violation(
+                Invariant::NoPanicNoHang,
+                format!(
+                    "req{id} of r{}.{} took {took:?}",
+                    record.replica, record.incarnation
+                ),
+            );
         }
         if outcome == Ok(200) {
             self.requests_ok += 1;
             return;
         }
         let overlaps = |from: Instant, until: Instant| from <= now && record.started <= until;
-        let unseen = (record.revoked_unseen && outcome == Ok(401)).then_some("its replay carried a token revoked before this replica used it");
-        let excuse = unseen.or_else(|| self.disturbed[record.account]
-            .iter()
-            .find(|(from, until, _)| overlaps(*from, *until))
-            .map(|(_, _, why)| *why))
+        let unseen = (record.revoked_unseen && outcome == Ok(401))
+            .then_some("its replay carried a token revoked before this replica used it");
+        let excuse = unseen
+            .or_else(|| {
+                self.disturbed[record.account]
+                    .iter()
+                    .find(|(from, until, _)| overlaps(*from, *until))
+                    .map(|(_, _, why)| *why)
+            })
             .or_else(|| {
                 self.logouts
                     .get(&(record.replica, record.incarnation))
@@ -211,7 +251,10 @@ impl Checker {
             }
             None => sim.violation(
                 Invariant::RequestsSucceed,
-                format!("req{id} of r{}.{} (account {}) failed after {took:?}: {outcome:?}", record.replica, record.incarnation, record.account),
+                format!(
+                    "req{id} of r{}.{} (account {}) failed after {took:?}: {outcome:?}",
+                    record.replica, record.incarnation, record.account
+                ),
             ),
         }
     }
@@ -222,14 +265,21 @@ impl Checker {
         for (id, record) in &self.requests {
             let took = now.duration_since(record.started);
             if took > HANG_BOUND && alive(record.replica, record.incarnation) {
-                sim.violation(Invariant::NoPanicNoHang, format!("req{id} of r{}.{} has run for {took:?}", record.replica, record.incarnation));
+                sim.violation(
+                    Invariant::NoPanicNoHang,
+                    format!(
+                        "req{id} of r{}.{} has run for {took:?}",
+                        record.replica, record.incarnation
+                    ),
+                );
             }
         }
     }
 
     /// The requests of a dead replica are gone with it.
     pub fn forget_requests_of(&mut self, replica: usize, incarnation: u32) {
-        self.requests.retain(|_, r| (r.replica, r.incarnation) != (replica, incarnation));
+        self.requests
+            .retain(|_, r| (r.replica, r.incarnation) != (replica, incarnation));
     }
 
     pub fn logout_began(&mut self, replica: usize, incarnation: u32, seq: u64) -> usize {
@@ -239,7 +289,11 @@ impl Checker {
     }
 
     pub fn logout_returned(&mut self, replica: usize, incarnation: u32, index: usize, seq: u64) {
-        if let Some(logout) = self.logouts.get_mut(&(replica, incarnation)).and_then(|l| l.get_mut(index)) {
+        if let Some(logout) = self
+            .logouts
+            .get_mut(&(replica, incarnation))
+            .and_then(|l| l.get_mut(index))
+        {
             logout.1 = Some((Instant::now(), seq));
         }
     }
@@ -265,7 +319,12 @@ impl Checker {
         }
         for (calls, scope) in [
             (&mut self.failed[account], "fleet-wide"),
-            (self.failed_by_replica.entry((who.replica, who.incarnation)).or_default(), "per replica"),
+            (
+                self.failed_by_replica
+                    .entry((who.replica, who.incarnation))
+                    .or_default(),
+                "per replica",
+            ),
         ] {
             let at = calls.partition_point(|t| *t <= sent);
             calls.insert(at, sent);
@@ -308,16 +367,26 @@ impl Checker {
             left: 1,
         });
         match why {
-            Some(why) => sim.event(format!("auth success for account {account}, explained by: {why}")),
+            Some(why) => sim.event(format!(
+                "auth success for account {account}, explained by: {why}"
+            )),
             None => {
                 let recent = &mut self.unexplained[account];
-                while recent.front().is_some_and(|t| now.duration_since(*t) >= HOUR) {
+                while recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= HOUR)
+                {
                     recent.pop_front();
                 }
                 recent.push_back(now);
                 sim.cover("auth success within the slack");
                 if recent.len() > SUCCESS_SLACK_PER_HOUR {
-                    let open: Vec<String> = self.credits[account].iter().map(|c| format!("{} x{} until {}", c.why, c.left, crate::clock(sim, c.until))).collect();
+                    let open: Vec<String> = self.credits[account]
+                        .iter()
+                        .map(|c| {
+                            format!("{} x{} until {}", c.why, c.left, crate::clock(sim, c.until))
+                        })
+                        .collect();
                     sim.violation(
                         Invariant::OneAuthCallPerEvent,
                         format!("{} successful auth calls of account {account} within an hour that no event explains (open credits: {open:?})", recent.len()),

@@ -196,7 +196,12 @@ enum Call {
 
 /// A refusal as the layer's HTTP client would report it. (IQM's message is left out:
 /// `IqmMessage` cannot be built outside the crate, and nothing here reads it.)
-fn rejected(endpoint: AuthEndpoint, status: u16, _error: &str, retry_after: Option<Duration>) -> AuthError {
+fn rejected(
+    endpoint: AuthEndpoint,
+    status: u16,
+    _error: &str,
+    retry_after: Option<Duration>,
+) -> AuthError {
     AuthError::Rejected {
         endpoint,
         status: StatusCode::from_u16(status).expect("a valid status"),
@@ -206,7 +211,13 @@ fn rejected(endpoint: AuthEndpoint, status: u16, _error: &str, retry_after: Opti
 }
 
 impl Iqm {
-    pub fn new(sim: Arc<Sim>, accounts: Vec<Account>, lifetime: Duration, rotates: bool, revokes_family_on_reuse: bool) -> Self {
+    pub fn new(
+        sim: Arc<Sim>,
+        accounts: Vec<Account>,
+        lifetime: Duration,
+        rotates: bool,
+        revokes_family_on_reuse: bool,
+    ) -> Self {
         let n = accounts.len();
         Self {
             sim,
@@ -271,7 +282,9 @@ impl Iqm {
         let mut s = self.state.lock();
         let spared = if spare { s.spared.take() } else { None };
         let mut n = 0;
-        for (_, token) in s.access.iter_mut().filter(|(k, t)| t.account == account && t.revoked.is_none() && Some(*k) != spared.as_ref()) {
+        for (_, token) in s.access.iter_mut().filter(|(k, t)| {
+            t.account == account && t.revoked.is_none() && Some(*k) != spared.as_ref()
+        }) {
             token.revoked = Some(Revoked::Revocation);
             n += 1;
         }
@@ -294,17 +307,29 @@ impl Iqm {
     /// Counts a call against the account's rate limit; `Some(retry_after)` if it is over.
     fn rate_limited(&self, s: &mut IqmState, account: usize, now: Instant) -> Option<Duration> {
         let calls = &mut s.calls[account];
-        while calls.front().is_some_and(|t| now.duration_since(*t) >= MINUTE) {
+        while calls
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+        {
             calls.pop_front();
         }
         calls.push_back(now);
         (calls.len() > RATE_LIMIT).then(|| {
             let oldest = calls[calls.len() - RATE_LIMIT - 1];
-            (oldest + MINUTE).duration_since(now).max(Duration::from_secs(1))
+            (oldest + MINUTE)
+                .duration_since(now)
+                .max(Duration::from_secs(1))
         })
     }
 
-    fn issue(&self, s: &mut IqmState, account: usize, family: Option<u64>, sent_seq: u64, now: Instant) -> (String, u64) {
+    fn issue(
+        &self,
+        s: &mut IqmState,
+        account: usize,
+        family: Option<u64>,
+        sent_seq: u64,
+        now: Instant,
+    ) -> (String, u64) {
         let id = s.next_token;
         s.next_token += 1;
         let access = format!("at-{id}");
@@ -325,7 +350,15 @@ impl Iqm {
         let id = s.next_token;
         s.next_token += 1;
         let token = format!("rt-{id}");
-        s.refresh.insert(token.clone(), RefreshToken { account, family, spent: false, revoked: false });
+        s.refresh.insert(
+            token.clone(),
+            RefreshToken {
+                account,
+                family,
+                spent: false,
+                revoked: false,
+            },
+        );
         token
     }
 
@@ -341,11 +374,21 @@ impl Iqm {
         };
         let mut crash = false;
         if let Some(trap) = s.traps[account] {
-            if !matches!(call, Call::Logout(_)) && (!trap.refresh_only || matches!(call, Call::Refresh(_))) {
+            if !matches!(call, Call::Logout(_))
+                && (!trap.refresh_only || matches!(call, Call::Refresh(_)))
+            {
                 s.traps[account] = None;
                 who.alive.store(false, Ordering::Relaxed);
-                self.sim.cover(if trap.acted { "crash mid auth call, IQM acted" } else { "crash mid auth call, before IQM" });
-                self.sim.event(format!("{} dies with its {endpoint} call in flight (IQM acts: {})", who.label(), trap.acted));
+                self.sim.cover(if trap.acted {
+                    "crash mid auth call, IQM acted"
+                } else {
+                    "crash mid auth call, before IQM"
+                });
+                self.sim.event(format!(
+                    "{} dies with its {endpoint} call in flight (IQM acts: {})",
+                    who.label(),
+                    trap.acted
+                ));
                 if !trap.acted {
                     return Plan::Crash;
                 }
@@ -359,9 +402,15 @@ impl Iqm {
                     let answer = self.act(&mut s, who, call, sent, now);
                     // The held call's own token is spared by the storm's revocation (a
                     // revocation racing a renewal is `revocations_in_succession`).
-                    s.spared = answer.as_ref().ok().map(|set| set.access_token.expose().to_owned());
+                    s.spared = answer
+                        .as_ref()
+                        .ok()
+                        .map(|set| set.access_token.expose().to_owned());
                     self.sim.cover("auth call stalled while the fleet moves on");
-                    self.sim.event(format!("{}'s {endpoint} call is held 3s: {action:?}", who.label()));
+                    self.sim.event(format!(
+                        "{}'s {endpoint} call is held 3s: {action:?}",
+                        who.label()
+                    ));
                     if let Some(tell) = &*self.stalled.lock() {
                         let _ = tell.send((account, who.replica, action));
                     }
@@ -374,17 +423,27 @@ impl Iqm {
             Some(AuthFault::Hangs) => Plan::Hang,
             Some(AuthFault::Errors) => {
                 let status = [500, 502, 503][rng.below(3) as usize];
-                let retry = (status == 503 && rng.chance(0.3)).then(|| Duration::from_secs(rng.range(1, 10)));
-                Plan::Answer(Err(rejected(endpoint, status, "Service unavailable", retry)))
+                let retry = (status == 503 && rng.chance(0.3))
+                    .then(|| Duration::from_secs(rng.range(1, 10)));
+                Plan::Answer(Err(rejected(
+                    endpoint,
+                    status,
+                    "Service unavailable",
+                    retry,
+                )))
             }
-            Some(AuthFault::RefusesIn200) if !matches!(call, Call::Logout(_)) => Plan::Answer(Err(rejected(
-                endpoint,
-                200,
-                "User is not allowed to access provided customer",
-                None,
-            ))),
+            Some(AuthFault::RefusesIn200) if !matches!(call, Call::Logout(_)) => {
+                Plan::Answer(Err(rejected(
+                    endpoint,
+                    200,
+                    "User is not allowed to access provided customer",
+                    None,
+                )))
+            }
             Some(AuthFault::RateLimited) => {
-                let retry = rng.chance(0.7).then(|| Duration::from_secs(rng.range(5, 60)));
+                let retry = rng
+                    .chance(0.7)
+                    .then(|| Duration::from_secs(rng.range(5, 60)));
                 self.sim.checker.lock().saw_429(account, now);
                 Plan::Answer(Err(rejected(endpoint, 429, "Too Many Requests", retry)))
             }
@@ -393,15 +452,24 @@ impl Iqm {
                 if let Some(retry) = self.rate_limited(&mut s, account, now) {
                     self.sim.checker.lock().saw_429(account, now);
                     self.sim.cover("iqm rate limit hit (429)");
-                    Plan::Answer(Err(rejected(endpoint, 429, "Too Many Requests", Some(retry))))
+                    Plan::Answer(Err(rejected(
+                        endpoint,
+                        429,
+                        "Too Many Requests",
+                        Some(retry),
+                    )))
                 } else {
                     let answer = self.act(&mut s, who, call, sent, now);
                     let mut rng = self.sim.rng.lock();
                     match fault {
-                        Some(AuthFault::Slow) => Plan::After(Duration::from_millis(rng.range(500, 8000)), answer),
+                        Some(AuthFault::Slow) => {
+                            Plan::After(Duration::from_millis(rng.range(500, 8000)), answer)
+                        }
                         Some(AuthFault::LostAfterActing) if answer.is_ok() => match rng.below(3) {
                             0 => Plan::Hang,
-                            1 => Plan::Answer(Err(rejected(endpoint, 504, "Gateway Timeout", None))),
+                            1 => {
+                                Plan::Answer(Err(rejected(endpoint, 504, "Gateway Timeout", None)))
+                            }
                             _ => Plan::Answer(Err(AuthError::InvalidResponse {
                                 endpoint,
                                 status: StatusCode::OK,
@@ -417,13 +485,23 @@ impl Iqm {
     }
 
     /// IQM acts on a call that got through.
-    fn act(&self, s: &mut IqmState, who: &Who, call: &Call, sent: u64, now: Instant) -> Result<TokenSet, AuthError> {
+    fn act(
+        &self,
+        s: &mut IqmState,
+        who: &Who,
+        call: &Call,
+        sent: u64,
+        now: Instant,
+    ) -> Result<TokenSet, AuthError> {
         let account = who.account;
         match call {
             Call::Login => {
                 let (access, family) = self.issue(s, account, None, sent, now);
                 let refresh = Self::new_refresh(s, account, family);
-                self.sim.event(format!("iqm: login by {} -> {access} {refresh}", who.label()));
+                self.sim.event(format!(
+                    "iqm: login by {} -> {access} {refresh}",
+                    who.label()
+                ));
                 self.sim.cover("iqm login issued");
                 let mut set = TokenSet::new(access, self.lifetime);
                 set.refresh_token = Some(Secret::new(refresh));
@@ -432,18 +510,38 @@ impl Iqm {
             }
             Call::Refresh(presented) => {
                 let Some(known) = s.refresh.get(presented) else {
-                    self.sim.event(format!("iqm: refresh by {} with unknown {presented}: invalid_grant", who.label()));
+                    self.sim.event(format!(
+                        "iqm: refresh by {} with unknown {presented}: invalid_grant",
+                        who.label()
+                    ));
                     return Err(rejected(AuthEndpoint::Refresh, 400, "invalid_grant", None));
                 };
-                let (owner, family, spent, revoked) = (known.account, known.family, known.spent, known.revoked);
+                let (owner, family, spent, revoked) =
+                    (known.account, known.family, known.spent, known.revoked);
                 if owner != account {
-                    self.sim.violation(Invariant::ForeignToken, format!("{} presented refresh token {presented} of account {owner}", who.label()));
+                    self.sim.violation(
+                        Invariant::ForeignToken,
+                        format!(
+                            "{} presented refresh token {presented} of account {owner}",
+                            who.label()
+                        ),
+                    );
                 }
                 if spent {
                     let revoked_family = self.revokes_family_on_reuse;
-                    self.sim.violation(Invariant::SpentRefreshToken, format!("{} presented the spent refresh token {presented}", who.label()));
+                    self.sim.violation(
+                        Invariant::SpentRefreshToken,
+                        format!(
+                            "{} presented the spent refresh token {presented}",
+                            who.label()
+                        ),
+                    );
                     if revoked_family {
-                        for t in s.access.values_mut().filter(|t| t.family == family && t.revoked.is_none()) {
+                        for t in s
+                            .access
+                            .values_mut()
+                            .filter(|t| t.family == family && t.revoked.is_none())
+                        {
                             t.revoked = Some(Revoked::Reuse);
                         }
                         for t in s.refresh.values_mut().filter(|t| t.family == family) {
@@ -453,7 +551,10 @@ impl Iqm {
                     return Err(rejected(AuthEndpoint::Refresh, 400, "invalid_grant", None));
                 }
                 if revoked {
-                    self.sim.event(format!("iqm: refresh by {} with revoked {presented}: invalid_grant", who.label()));
+                    self.sim.event(format!(
+                        "iqm: refresh by {} with revoked {presented}: invalid_grant",
+                        who.label()
+                    ));
                     self.sim.cover("iqm refresh refused: revoked");
                     return Err(rejected(AuthEndpoint::Refresh, 400, "invalid_grant", None));
                 }
@@ -464,8 +565,15 @@ impl Iqm {
                 } else {
                     presented.clone()
                 };
-                self.sim.event(format!("iqm: refresh by {} of {presented} -> {access} {refresh}", who.label()));
-                self.sim.cover(if self.rotates { "iqm refresh rotated" } else { "iqm refresh, not rotated" });
+                self.sim.event(format!(
+                    "iqm: refresh by {} of {presented} -> {access} {refresh}",
+                    who.label()
+                ));
+                self.sim.cover(if self.rotates {
+                    "iqm refresh rotated"
+                } else {
+                    "iqm refresh, not rotated"
+                });
                 let mut set = TokenSet::new(access, self.lifetime);
                 set.refresh_token = Some(Secret::new(refresh));
                 Ok(set)
@@ -473,10 +581,14 @@ impl Iqm {
             Call::Logout(access) => {
                 if let Some(token) = s.access.get_mut(access) {
                     if token.revoked.is_none() {
-                        token.revoked = Some(Revoked::Logout { replica: who.replica, incarnation: who.incarnation });
+                        token.revoked = Some(Revoked::Logout {
+                            replica: who.replica,
+                            incarnation: who.incarnation,
+                        });
                     }
                 }
-                self.sim.event(format!("iqm: logout by {} of {access}", who.label()));
+                self.sim
+                    .event(format!("iqm: logout by {} of {access}", who.label()));
                 Ok(TokenSet::new("", Duration::ZERO))
             }
         }
@@ -485,7 +597,14 @@ impl Iqm {
     /// An API call (anything but the auth endpoints): 200, 401 or 429, and every check of a
     /// token sent.
     fn api_call(&self, call: &ApiCall) -> (StatusCode, Option<Duration>) {
-        let ApiCall { who, id, bearer, ow_id, arrival: now, .. } = call;
+        let ApiCall {
+            who,
+            id,
+            bearer,
+            ow_id,
+            arrival: now,
+            ..
+        } = call;
         let (id, now, ow_id) = (*id, *now, *ow_id);
         let bearer = bearer.clone();
         let mut s = self.state.lock();
@@ -493,7 +612,13 @@ impl Iqm {
         let attempt = self.sim.checker.lock().attempt(id);
         let started = attempt.map(|(started, _)| started);
         if let Some((_, n)) = attempt.filter(|(_, n)| *n > 2) {
-            self.sim.violation(Invariant::RequestsSucceed, format!("req{id} from {} was sent {n} times (one replay at most)", who.label()));
+            self.sim.violation(
+                Invariant::RequestsSucceed,
+                format!(
+                    "req{id} from {} was sent {n} times (one replay at most)",
+                    who.label()
+                ),
+            );
         }
         if Self::fault_at(&s, account, now) == Some(AuthFault::RateLimited) {
             self.sim.checker.lock().saw_429(account, now);
@@ -502,15 +627,25 @@ impl Iqm {
         if let Some(retry) = self.rate_limited(&mut s, account, now) {
             self.sim.checker.lock().saw_429(account, now);
             self.sim.cover("iqm rate limit hit (429)");
-            self.sim.event(format!("api: req{id} from {} -> 429", who.label()));
+            self.sim
+                .event(format!("api: req{id} from {} -> 429", who.label()));
             return (StatusCode::TOO_MANY_REQUESTS, Some(retry));
         }
         let Some(bearer) = bearer else {
-            self.sim.violation(Invariant::LiveToken, format!("req{id} from {} carries no token", who.label()));
+            self.sim.violation(
+                Invariant::LiveToken,
+                format!("req{id} from {} carries no token", who.label()),
+            );
             return (StatusCode::UNAUTHORIZED, None);
         };
         let Some(token) = s.access.get(&bearer) else {
-            self.sim.violation(Invariant::LiveToken, format!("req{id} from {} carries {bearer}, which IQM never issued", who.label()));
+            self.sim.violation(
+                Invariant::LiveToken,
+                format!(
+                    "req{id} from {} carries {bearer}, which IQM never issued",
+                    who.label()
+                ),
+            );
             return (StatusCode::UNAUTHORIZED, None);
         };
         let first_use = self.sim.checker.lock().first_use(who, &bearer);
@@ -522,7 +657,12 @@ impl Iqm {
             );
         }
         if let Some(started) = started {
-            if let Some(logout) = self.sim.checker.lock().fence_for(who.replica, who.incarnation, started) {
+            if let Some(logout) =
+                self.sim
+                    .checker
+                    .lock()
+                    .fence_for(who.replica, who.incarnation, started)
+            {
                 if token.call_sent < logout {
                     self.sim.violation(
                         Invariant::LiveToken,
@@ -534,7 +674,11 @@ impl Iqm {
         let status = if token.expires_at <= now {
             self.sim.violation(
                 Invariant::LiveToken,
-                format!("req{id} from {} carries {bearer}, expired {:?} ago", who.label(), now.duration_since(token.expires_at)),
+                format!(
+                    "req{id} from {} carries {bearer}, expired {:?} ago",
+                    who.label(),
+                    now.duration_since(token.expires_at)
+                ),
             );
             StatusCode::UNAUTHORIZED
         } else if let Some(revoked) = token.revoked {
@@ -552,7 +696,11 @@ impl Iqm {
         } else {
             StatusCode::OK
         };
-        self.sim.event(format!("api: req{id} from {} with {bearer} -> {}", who.label(), status.as_u16()));
+        self.sim.event(format!(
+            "api: req{id} from {} with {bearer} -> {}",
+            who.label(),
+            status.as_u16()
+        ));
         (status, None)
     }
 
@@ -618,9 +766,17 @@ impl Outcome<'_> {
         if !api.who.alive() {
             return;
         }
-        api.iqm.sim.event(format!("{} {} call -> {what}", api.who.label(), self.endpoint));
+        api.iqm.sim.event(format!(
+            "{} {} call -> {what}",
+            api.who.label(),
+            self.endpoint
+        ));
         if self.endpoint != AuthEndpoint::Logout {
-            api.iqm.sim.checker.lock().auth_call(&api.iqm.sim, &api.who, self.sent, ok);
+            api.iqm
+                .sim
+                .checker
+                .lock()
+                .auth_call(&api.iqm.sim, &api.who, self.sent, ok);
         }
     }
 }
@@ -645,7 +801,12 @@ impl SimAuthApi {
             Call::Refresh(_) => AuthEndpoint::Refresh,
             Call::Logout(_) => AuthEndpoint::Logout,
         };
-        let mut outcome = Outcome { api: self, endpoint, sent, settled: false };
+        let mut outcome = Outcome {
+            api: self,
+            endpoint,
+            sent,
+            settled: false,
+        };
         let answer = match plan {
             Plan::Answer(answer) => answer,
             Plan::After(delay, answer) => {
@@ -675,17 +836,23 @@ impl AuthApi for SimAuthApi {
     async fn login(&self, email: &str, password: &Secret) -> Result<TokenSet, AuthError> {
         let (own_email, own_password, _) = self.iqm.credentials(self.who.account);
         if email != own_email || password.expose() != own_password {
-            self.iqm.sim.violation(Invariant::ForeignToken, format!("{} logged in as another user", self.who.label()));
+            self.iqm.sim.violation(
+                Invariant::ForeignToken,
+                format!("{} logged in as another user", self.who.label()),
+            );
         }
         self.call(Call::Login).await
     }
 
     async fn refresh(&self, refresh_token: &Secret) -> Result<TokenSet, AuthError> {
-        self.call(Call::Refresh(refresh_token.expose().to_owned())).await
+        self.call(Call::Refresh(refresh_token.expose().to_owned()))
+            .await
     }
 
     async fn logout(&self, access_token: &Secret) -> Result<(), AuthError> {
-        self.call(Call::Logout(access_token.expose().to_owned())).await.map(drop)
+        self.call(Call::Logout(access_token.expose().to_owned()))
+            .await
+            .map(drop)
     }
 
     async fn sign_up(&self, _email: &str, _password: &Secret) -> Result<TokenSet, AuthError> {
@@ -716,21 +883,32 @@ impl Middleware for SimApiEndpoint {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let call = ApiCall {
             who: self.who.clone(),
-            id: headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0),
+            id: headers
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             attempt: u64::from(headers.contains_key("x-sim-replayed")),
             bearer: headers
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::to_owned),
-            ow_id: headers.get(OW_ID_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+            ow_id: headers
+                .get(OW_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
             arrival: Instant::now(),
             reply,
         };
         self.iqm.api_inbox.lock().push(call);
         self.iqm.api_wake.notify_one();
-        let Ok((status, retry_after)) = answer.await else { return pending().await };
-        let mut answer = http::Response::builder().status(status).url(request.url().clone());
+        let Ok((status, retry_after)) = answer.await else {
+            return pending().await;
+        };
+        let mut answer = http::Response::builder()
+            .status(status)
+            .url(request.url().clone());
         if let Some(retry) = retry_after {
             answer = answer.header(http::header::RETRY_AFTER, retry.as_secs().to_string());
         }
@@ -739,6 +917,8 @@ impl Middleware for SimApiEndpoint {
         } else {
             r#"{"success":false,"errorObjects":[{"error":"Unauthorized"}]}"#
         };
-        Ok(reqwest::Response::from(answer.body(body).expect("a valid response")))
+        Ok(reqwest::Response::from(
+            answer.body(body).expect("a valid response"),
+        ))
     }
 }

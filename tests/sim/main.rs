@@ -219,7 +219,13 @@ impl FaultModel {
                         "redis_rollback" => model.redis_rollback = on,
                         "lease_lost_alone" => model.lease_lost_alone = on,
                         "store_without_coordinator" => model.store_without_coordinator = on,
-                        "clock_skew" => model.clock_skew = if on { Self::full().clock_skew } else { Duration::ZERO },
+                        "clock_skew" => {
+                            model.clock_skew = if on {
+                                Self::full().clock_skew
+                            } else {
+                                Duration::ZERO
+                            }
+                        }
                         _ => panic!("SIM_FAULTS: unknown fault kind {name}"),
                     }
                 }
@@ -271,14 +277,24 @@ struct Trace {
 pub fn clock(sim: &Sim, at: Instant) -> String {
     let t = at.saturating_duration_since(sim.start);
     let ms = t.as_millis();
-    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 impl Sim {
     pub fn event(&self, what: String) {
         let line = format!("[{}] {what}", clock(self, Instant::now()));
         let mut trace = self.trace.lock();
-        if trace.instant.first().is_some_and(|first| first[..14] != line[..14]) {
+        if trace
+            .instant
+            .first()
+            .is_some_and(|first| first[..14] != line[..14])
+        {
             trace.flush();
         }
         trace.instant.push(line.clone());
@@ -329,15 +345,27 @@ impl Sim {
             ("layer: renewal, expired", stats.renewals_expired),
             ("layer: renewal, after a 401", stats.renewals_unauthorized),
             ("layer: 401 replayed", stats.unauthorized_replays),
-            ("layer: 401 handed back, not renewed", stats.unauthorized_not_renewed),
-            ("layer: waited on another caller's renewal", stats.shared_waits),
+            (
+                "layer: 401 handed back, not renewed",
+                stats.unauthorized_not_renewed,
+            ),
+            (
+                "layer: waited on another caller's renewal",
+                stats.shared_waits,
+            ),
             ("layer: failed renewal, transient", stats.failures_transient),
             ("layer: failed renewal, rejected", stats.failures_rejected),
-            ("layer: failed renewal, invalid response", stats.failures_invalid_response),
+            (
+                "layer: failed renewal, invalid response",
+                stats.failures_invalid_response,
+            ),
             ("layer: shared set adopted", stats.shared_adoptions),
             ("layer: redis errors (bypassed)", stats.shared_errors),
             ("layer: shared set unreadable", stats.shared_unreadable),
-            ("layer: foreign stored session ignored", stats.foreign_sessions_ignored),
+            (
+                "layer: foreign stored session ignored",
+                stats.foreign_sessions_ignored,
+            ),
             ("layer: store errors", stats.store_errors),
             ("layer: logouts sent", stats.logouts),
             ("layer: panics caught in user code", stats.user_code_panics),
@@ -385,11 +413,27 @@ enum Event {
     Logout(usize),
     Crash(usize),
     Join(usize),
-    Revoke { account: usize, refresh: bool },
-    IqmFault { account: usize, fault: AuthFault, length: Duration },
-    CrashTrap { account: usize, trap: CrashTrap },
-    Stall { account: usize, action: StallAction },
-    RedisFault { fault: CoordFault, length: Duration },
+    Revoke {
+        account: usize,
+        refresh: bool,
+    },
+    IqmFault {
+        account: usize,
+        fault: AuthFault,
+        length: Duration,
+    },
+    CrashTrap {
+        account: usize,
+        trap: CrashTrap,
+    },
+    Stall {
+        account: usize,
+        action: StallAction,
+    },
+    RedisFault {
+        fault: CoordFault,
+        length: Duration,
+    },
     ExpireLeases,
     RedisRestart,
     RedisRollback,
@@ -440,14 +484,19 @@ fn plan(seed: u64, model: &FaultModel) -> Setup {
             let id = rng.below(REPLICAS as u64) as usize;
             if !late.contains(&id) {
                 late.push(id);
-                schedule.push((Duration::from_secs(rng.range(60, faults_end.as_secs())), Event::Join(id)));
+                schedule.push((
+                    Duration::from_secs(rng.range(60, faults_end.as_secs())),
+                    Event::Join(id),
+                ));
             }
         }
     }
     for id in (0..REPLICAS).filter(|id| !late.contains(id)) {
         schedule.push((Duration::from_millis(rng.below(30_000)), Event::Join(id)));
     }
-    let at = |rng: &mut Rng, until: Duration| Duration::from_millis(rng.range(1000, until.as_millis() as u64));
+    let at = |rng: &mut Rng, until: Duration| {
+        Duration::from_millis(rng.range(1000, until.as_millis() as u64))
+    };
     for _ in 0..REQUESTS_PER_DAY {
         let t = at(&mut rng, DAY - Duration::from_secs(300));
         schedule.push((t, Event::Request(rng.below(REPLICAS as u64) as usize)));
@@ -492,17 +541,50 @@ fn plan(seed: u64, model: &FaultModel) -> Setup {
             length
         };
         let event = match rng.pick(&kinds) {
-            0 => IqmFaultKind::pick(&mut rng, account, outage, &[AuthFault::Errors, AuthFault::Hangs, AuthFault::Slow]),
+            0 => IqmFaultKind::pick(
+                &mut rng,
+                account,
+                outage,
+                &[AuthFault::Errors, AuthFault::Hangs, AuthFault::Slow],
+            ),
             1 => IqmFaultKind::pick(&mut rng, account, outage, &[AuthFault::LostAfterActing]),
-            2 => IqmFaultKind::pick(&mut rng, account, length.min(Duration::from_secs(120)), &[AuthFault::RefusesIn200]),
-            3 => IqmFaultKind::pick(&mut rng, account, length.min(Duration::from_secs(60)), &[AuthFault::RateLimited]),
-            4 => Event::Revoke { account, refresh: rng.chance(0.5) },
+            2 => IqmFaultKind::pick(
+                &mut rng,
+                account,
+                length.min(Duration::from_secs(120)),
+                &[AuthFault::RefusesIn200],
+            ),
+            3 => IqmFaultKind::pick(
+                &mut rng,
+                account,
+                length.min(Duration::from_secs(60)),
+                &[AuthFault::RateLimited],
+            ),
+            4 => Event::Revoke {
+                account,
+                refresh: rng.chance(0.5),
+            },
             5 => Event::Logout(replica),
             6 => Event::Crash(replica),
-            7 => Event::CrashTrap { account, trap: CrashTrap { refresh_only: rng.chance(0.7), acted: rng.chance(0.7) } },
-            8 => Event::RedisFault { fault: CoordFault::Errors, length },
-            9 => Event::RedisFault { fault: CoordFault::Slow, length },
-            10 => Event::RedisFault { fault: CoordFault::LostAnswers, length },
+            7 => Event::CrashTrap {
+                account,
+                trap: CrashTrap {
+                    refresh_only: rng.chance(0.7),
+                    acted: rng.chance(0.7),
+                },
+            },
+            8 => Event::RedisFault {
+                fault: CoordFault::Errors,
+                length,
+            },
+            9 => Event::RedisFault {
+                fault: CoordFault::Slow,
+                length,
+            },
+            10 => Event::RedisFault {
+                fault: CoordFault::LostAnswers,
+                length,
+            },
             11 => Event::ExpireLeases,
             12 => Event::RedisRestart,
             13 => Event::RedisRollback,
@@ -510,9 +592,16 @@ fn plan(seed: u64, model: &FaultModel) -> Setup {
                 let actions: &[StallAction] = if account == 1 && !model.lease_lost_alone {
                     &[StallAction::LogoutSelf]
                 } else {
-                    &[StallAction::LogoutSelf, StallAction::LogoutOther, StallAction::ExpireLeasesAndStorm]
+                    &[
+                        StallAction::LogoutSelf,
+                        StallAction::LogoutOther,
+                        StallAction::ExpireLeasesAndStorm,
+                    ]
                 };
-                Event::Stall { account, action: rng.pick(actions) }
+                Event::Stall {
+                    account,
+                    action: rng.pick(actions),
+                }
             }
         };
         schedule.push((t, event));
@@ -536,18 +625,35 @@ fn plan(seed: u64, model: &FaultModel) -> Setup {
     }
     schedule.push((faults_end, Event::FaultsEnd));
     for i in 0..3 {
-        schedule.push((converge_at + Duration::from_secs(60 * u64::from(i)), Event::Converge(i)));
+        schedule.push((
+            converge_at + Duration::from_secs(60 * u64::from(i)),
+            Event::Converge(i),
+        ));
     }
     // Stable: events at one instant keep the order they were drawn in.
     schedule.sort_by_key(|(t, _)| *t);
-    Setup { lifetime, single_shares, rotates, revokes_family_on_reuse, replicas, late, faults_end, converge_at, schedule }
+    Setup {
+        lifetime,
+        single_shares,
+        rotates,
+        revokes_family_on_reuse,
+        replicas,
+        late,
+        faults_end,
+        converge_at,
+        schedule,
+    }
 }
 
 struct IqmFaultKind;
 
 impl IqmFaultKind {
     fn pick(rng: &mut Rng, account: usize, length: Duration, faults: &[AuthFault]) -> Event {
-        Event::IqmFault { account, fault: rng.pick(faults), length }
+        Event::IqmFault {
+            account,
+            fault: rng.pick(faults),
+            length,
+        }
     }
 }
 
@@ -606,20 +712,28 @@ pub fn run_seed(seed: u64, model: &FaultModel, keep_trace: bool) -> Report {
         start,
         rng: Mutex::new(Rng::new(seed)),
         checker: Mutex::new(Checker::new(2, setup.lifetime, start)),
-        trace: Mutex::new(Trace { all: keep_trace.then(Vec::new), ..Trace::default() }),
+        trace: Mutex::new(Trace {
+            all: keep_trace.then(Vec::new),
+            ..Trace::default()
+        }),
         violations: Mutex::new(Vec::new()),
         coverage: Mutex::new(BTreeMap::new()),
         next_request: AtomicU64::new(0),
         order: AtomicU64::new(0),
     });
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(run(&sim, model, &setup))));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(run(&sim, model, &setup))
+    }));
     if let Err(panic) = outcome {
         let what = panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_default();
-        sim.violation(Invariant::NoPanicNoHang, format!("the run panicked: {what}"));
+        sim.violation(
+            Invariant::NoPanicNoHang,
+            format!("the run panicked: {what}"),
+        );
     }
     drop(runtime);
     let violation = sim.violations.lock().first().cloned();
@@ -641,9 +755,19 @@ pub fn run_seed(seed: u64, model: &FaultModel, keep_trace: bool) -> Report {
 async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
     let start = sim.start;
     let accounts = (0..2)
-        .map(|a| Account { email: format!("ops{a}@acme.example"), password: format!("pw-{a}"), ow_id: 200_001 + a as u64 })
+        .map(|a| Account {
+            email: format!("ops{a}@acme.example"),
+            password: format!("pw-{a}"),
+            ow_id: 200_001 + a as u64,
+        })
         .collect();
-    let iqm = Arc::new(Iqm::new(Arc::clone(sim), accounts, setup.lifetime, setup.rotates, setup.revokes_family_on_reuse));
+    let iqm = Arc::new(Iqm::new(
+        Arc::clone(sim),
+        accounts,
+        setup.lifetime,
+        setup.rotates,
+        setup.revokes_family_on_reuse,
+    ));
     let redis = Arc::new(Redis::new(Arc::clone(sim)));
     tokio::spawn(Arc::clone(&iqm).serve_api());
     let (tell, mut stalled) = tokio::sync::mpsc::unbounded_channel();
@@ -652,7 +776,15 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
         .replicas
         .iter()
         .enumerate()
-        .map(|(id, (account, offset, store))| Replica::new(id, *account, *offset, *store, *account == 0 || setup.single_shares))
+        .map(|(id, (account, offset, store))| {
+            Replica::new(
+                id,
+                *account,
+                *offset,
+                *store,
+                *account == 0 || setup.single_shares,
+            )
+        })
         .collect();
     sim.event(format!(
         "seed {}: tokens live {:?}, rotating {}, reuse revokes the family {}, late joiners {:?}, faults until {}, replicas (account, wall offset ms, store) {:?}",
@@ -699,8 +831,13 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
         };
         if let Some((account, holder, action)) = fired {
             if !may_kill(account) {
-                sim.event("the held call's companion event is skipped: tokens were killed too recently".to_owned());
-            } else if let Some(id) = stall_fired(sim, &iqm, &redis, &mut replicas, account, holder, action) {
+                sim.event(
+                    "the held call's companion event is skipped: tokens were killed too recently"
+                        .to_owned(),
+                );
+            } else if let Some(id) =
+                stall_fired(sim, &iqm, &redis, &mut replicas, account, holder, action)
+            {
                 // Right after the logout (a renewal of its own races the held one), or only
                 // once the held call has ended (what did it leave in the cache?).
                 let now = Instant::now();
@@ -724,7 +861,12 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
             for r in &mut replicas {
                 if r.who.as_ref().is_some_and(|w| !w.alive()) {
                     reap(sim, r, faults_over);
-                    sim.checker.lock().credit(r.account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a crash");
+                    sim.checker.lock().credit(
+                        r.account,
+                        1,
+                        credit_until(invariants::EVENT_CREDIT_LIFE),
+                        "a crash",
+                    );
                 }
             }
             match event {
@@ -742,7 +884,12 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     sim.event(format!("r{id} starts"));
                     replicas[*id].start(sim, &iqm, &redis, start);
                     if !replicas[*id].disk.is_some() {
-                        sim.checker.lock().credit(replicas[*id].account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a start without a store");
+                        sim.checker.lock().credit(
+                            replicas[*id].account,
+                            1,
+                            credit_until(invariants::EVENT_CREDIT_LIFE),
+                            "a start without a store",
+                        );
                     }
                 }
                 Event::Logout(id) => {
@@ -750,9 +897,19 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     if r.is_up() && may_kill(r.account) {
                         sim.cover("logout()");
                         r.logout(sim);
-                        sim.checker.lock().credit(r.account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a logout");
+                        sim.checker.lock().credit(
+                            r.account,
+                            1,
+                            credit_until(invariants::EVENT_CREDIT_LIFE),
+                            "a logout",
+                        );
                         let now = Instant::now();
-                        sim.checker.lock().disturb(r.account, now, now + Duration::from_secs(5), "another replica logged out");
+                        sim.checker.lock().disturb(
+                            r.account,
+                            now,
+                            now + Duration::from_secs(5),
+                            "another replica logged out",
+                        );
                     }
                 }
                 Event::Crash(id) => {
@@ -760,26 +917,48 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                         sim.cover("replica crashes");
                         sim.event(format!("r{id} crashes"));
                         reap(sim, &mut replicas[*id], faults_over);
-                        sim.checker.lock().credit(replicas[*id].account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a crash");
+                        sim.checker.lock().credit(
+                            replicas[*id].account,
+                            1,
+                            credit_until(invariants::EVENT_CREDIT_LIFE),
+                            "a crash",
+                        );
                     }
                 }
                 Event::Revoke { account, refresh } if may_kill(*account) => {
                     let n = iqm.revoke(*account, *refresh);
-                    sim.cover(if *refresh { "iqm revokes access and refresh tokens" } else { "iqm revokes access tokens" });
+                    sim.cover(if *refresh {
+                        "iqm revokes access and refresh tokens"
+                    } else {
+                        "iqm revokes access tokens"
+                    });
                     sim.event(format!("iqm revokes {n} access tokens of account {account} (refresh tokens too: {refresh})"));
                     let now = Instant::now();
                     let mut checker = sim.checker.lock();
-                    checker.credit(*account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a revocation");
+                    checker.credit(
+                        *account,
+                        1,
+                        credit_until(invariants::EVENT_CREDIT_LIFE),
+                        "a revocation",
+                    );
                     checker.disturb(*account, now, now + Duration::from_secs(5), "a revocation");
                 }
                 Event::Revoke { .. } => {}
-                Event::IqmFault { account, fault, length } => {
+                Event::IqmFault {
+                    account,
+                    fault,
+                    length,
+                } => {
                     let now = Instant::now();
                     iqm.add_fault(*account, now, now + *length, *fault);
                     // Traffic goes on through the fault: a request every 5 s from one of the
                     // account's replicas, and often a revocation at its start, so that every
                     // request needs a renewal while IQM fails.
-                    let ids: Vec<usize> = replicas.iter().filter(|r| r.account == *account).map(|r| r.id).collect();
+                    let ids: Vec<usize> = replicas
+                        .iter()
+                        .filter(|r| r.account == *account)
+                        .map(|r| r.id)
+                        .collect();
                     let mut t = now + Duration::from_secs(1);
                     while t < now + *length + Duration::from_secs(30) {
                         followups.push((t, ids[sim.rng.lock().below(ids.len() as u64) as usize]));
@@ -788,20 +967,40 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     if sim.rng.lock().chance(0.5) && may_kill(*account) {
                         iqm.revoke(*account, false);
                         sim.cover("iqm revokes access tokens as a fault window opens");
-                        sim.checker.lock().credit(*account, 1, now + *length + invariants::EVENT_CREDIT_LIFE, "a revocation");
+                        sim.checker.lock().credit(
+                            *account,
+                            1,
+                            now + *length + invariants::EVENT_CREDIT_LIFE,
+                            "a revocation",
+                        );
                     }
                     sim.cover(fault.name());
-                    sim.event(format!("fault: {} for account {account} for {length:?}", fault.name()));
+                    sim.event(format!(
+                        "fault: {} for account {account} for {length:?}",
+                        fault.name()
+                    ));
                     let mut checker = sim.checker.lock();
-                    checker.disturb(*account, now, now + *length + recovery(*fault), fault.name());
+                    checker.disturb(
+                        *account,
+                        now,
+                        now + *length + recovery(*fault),
+                        fault.name(),
+                    );
                     if matches!(fault, AuthFault::Slow | AuthFault::LostAfterActing) {
                         // Each answer lost after IQM acted costs one more call; the budget
                         // bounds how many there can be.
-                        checker.credit(*account, 3 + length.as_secs() as u32 / 6, now + *length + invariants::EVENT_CREDIT_LIFE, "answers lost after IQM acted");
+                        checker.credit(
+                            *account,
+                            3 + length.as_secs() as u32 / 6,
+                            now + *length + invariants::EVENT_CREDIT_LIFE,
+                            "answers lost after IQM acted",
+                        );
                     }
                 }
                 Event::Stall { account, action } => {
-                    sim.event(format!("trap: the next auth call of account {account} is held while {action:?}"));
+                    sim.event(format!(
+                        "trap: the next auth call of account {account} is held while {action:?}"
+                    ));
                     iqm.arm_stall(*account, *action);
                 }
                 Event::CrashTrap { account, trap } => {
@@ -814,9 +1013,16 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     redis.add_fault(now, now + *length, *fault);
                     sim.cover(fault.name());
                     sim.event(format!("fault: {} for {length:?}", fault.name()));
-                    let renewals = 1 + (length.as_secs_f64() / setup.lifetime.mul_f64(0.6).as_secs_f64()).ceil() as u32;
+                    let renewals = 1
+                        + (length.as_secs_f64() / setup.lifetime.mul_f64(0.6).as_secs_f64()).ceil()
+                            as u32;
                     for account in 0..2 {
-                        sim.checker.lock().credit(account, per_account(account) * renewals, now + *length + setup.lifetime + invariants::EVENT_CREDIT_LIFE, "redis unusable: each replica on its own");
+                        sim.checker.lock().credit(
+                            account,
+                            per_account(account) * renewals,
+                            now + *length + setup.lifetime + invariants::EVENT_CREDIT_LIFE,
+                            "redis unusable: each replica on its own",
+                        );
                     }
                 }
                 Event::ExpireLeases => {
@@ -824,7 +1030,12 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     sim.event("fault: redis leases expire now".to_owned());
                     redis.expire_leases();
                     for account in 0..2 {
-                        sim.checker.lock().credit(account, 1, credit_until(invariants::EVENT_CREDIT_LIFE), "a lease lost by its holder");
+                        sim.checker.lock().credit(
+                            account,
+                            1,
+                            credit_until(invariants::EVENT_CREDIT_LIFE),
+                            "a lease lost by its holder",
+                        );
                     }
                 }
                 Event::RedisRestart => {
@@ -832,7 +1043,12 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     sim.event("fault: redis restarts empty".to_owned());
                     redis.restart();
                     for account in 0..2 {
-                        sim.checker.lock().credit(account, per_account(account), credit_until(setup.lifetime + invariants::EVENT_CREDIT_LIFE), "redis lost everything");
+                        sim.checker.lock().credit(
+                            account,
+                            per_account(account),
+                            credit_until(setup.lifetime + invariants::EVENT_CREDIT_LIFE),
+                            "redis lost everything",
+                        );
                     }
                 }
                 Event::RedisRollback => {
@@ -841,7 +1057,12 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                         sim.cover("redis: rollback to an older snapshot");
                         sim.event(format!("fault: redis rolls back to a snapshot {age:?} old"));
                         for account in 0..2 {
-                            sim.checker.lock().credit(account, per_account(account), credit_until(setup.lifetime + invariants::EVENT_CREDIT_LIFE), "redis rolled back");
+                            sim.checker.lock().credit(
+                                account,
+                                per_account(account),
+                                credit_until(setup.lifetime + invariants::EVENT_CREDIT_LIFE),
+                                "redis rolled back",
+                            );
                         }
                     }
                 }
@@ -881,7 +1102,15 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
 
 /// An auth call is held at IQM: the fleet moves on meanwhile. Returns the replica that logged
 /// out, if one did.
-fn stall_fired(sim: &Arc<Sim>, iqm: &Iqm, redis: &Redis, replicas: &mut [Replica], account: usize, holder: usize, action: StallAction) -> Option<usize> {
+fn stall_fired(
+    sim: &Arc<Sim>,
+    iqm: &Iqm,
+    redis: &Redis,
+    replicas: &mut [Replica],
+    account: usize,
+    holder: usize,
+    action: StallAction,
+) -> Option<usize> {
     let now = Instant::now();
     let life = Instant::now() + invariants::EVENT_CREDIT_LIFE;
     match action {
@@ -889,15 +1118,29 @@ fn stall_fired(sim: &Arc<Sim>, iqm: &Iqm, redis: &Redis, replicas: &mut [Replica
             let who = if action == StallAction::LogoutSelf {
                 Some(holder)
             } else {
-                let others: Vec<usize> = replicas.iter().filter(|r| r.account == account && r.id != holder && r.is_up()).map(|r| r.id).collect();
-                (!others.is_empty()).then(|| others[sim.rng.lock().below(others.len() as u64) as usize])
+                let others: Vec<usize> = replicas
+                    .iter()
+                    .filter(|r| r.account == account && r.id != holder && r.is_up())
+                    .map(|r| r.id)
+                    .collect();
+                (!others.is_empty())
+                    .then(|| others[sim.rng.lock().below(others.len() as u64) as usize])
             };
             if let Some(id) = who.filter(|id| replicas[*id].is_up()) {
-                sim.cover(if action == StallAction::LogoutSelf { "logout() during its own renewal" } else { "logout() during another replica's renewal" });
+                sim.cover(if action == StallAction::LogoutSelf {
+                    "logout() during its own renewal"
+                } else {
+                    "logout() during another replica's renewal"
+                });
                 replicas[id].logout(sim);
                 let mut checker = sim.checker.lock();
                 checker.credit(account, 1, life, "a logout");
-                checker.disturb(account, now, now + Duration::from_secs(5), "another replica logged out");
+                checker.disturb(
+                    account,
+                    now,
+                    now + Duration::from_secs(5),
+                    "another replica logged out",
+                );
                 return Some(id);
             }
             None
@@ -926,7 +1169,14 @@ fn reap(sim: &Arc<Sim>, r: &mut Replica, faults_over: bool) {
     r.restart_at = Some(Instant::now() + if faults_over { Duration::ZERO } else { delay });
 }
 
-fn restart_replica(sim: &Arc<Sim>, model: &FaultModel, iqm: &Arc<Iqm>, redis: &Arc<Redis>, replicas: &mut [Replica], id: usize) {
+fn restart_replica(
+    sim: &Arc<Sim>,
+    model: &FaultModel,
+    iqm: &Arc<Iqm>,
+    redis: &Arc<Redis>,
+    replicas: &mut [Replica],
+    id: usize,
+) {
     let start = sim.start;
     if model.foreign_store && replicas[id].disk.is_some() && sim.rng.lock().chance(0.15) {
         // Another account's session file where this replica keeps its own.
@@ -934,7 +1184,11 @@ fn restart_replica(sim: &Arc<Sim>, model: &FaultModel, iqm: &Arc<Iqm>, redis: &A
         // copy of this replica's own (older, spent) session from an earlier such fault, and
         // copying that back would be a restored backup, which no layer can tell from its own.
         let account = replicas[id].account;
-        let foreign: Vec<_> = replicas.iter().filter(|r| r.account != account).filter_map(|r| r.disk.clone()).collect();
+        let foreign: Vec<_> = replicas
+            .iter()
+            .filter(|r| r.account != account)
+            .filter_map(|r| r.disk.clone())
+            .collect();
         if let Some(disk) = replicas[id].disk.clone() {
             let copied = futures::executor::block_on(async {
                 use iqm_auth::TokenStore;
@@ -952,34 +1206,69 @@ fn restart_replica(sim: &Arc<Sim>, model: &FaultModel, iqm: &Arc<Iqm>, redis: &A
             });
             if copied {
                 sim.cover("restart on another account's stored session");
-                sim.event(format!("r{id}'s store now holds account {}'s session", 1 - account));
+                sim.event(format!(
+                    "r{id}'s store now holds account {}'s session",
+                    1 - account
+                ));
             }
         }
     }
     let r = &mut replicas[id];
-    sim.cover(if r.disk.is_some() { "restart with a token store" } else { "restart without a token store" });
-    sim.event(format!("r{id} restarts ({})", if r.disk.is_some() { "with its store" } else { "no store" }));
+    sim.cover(if r.disk.is_some() {
+        "restart with a token store"
+    } else {
+        "restart without a token store"
+    });
+    sim.event(format!(
+        "r{id} restarts ({})",
+        if r.disk.is_some() {
+            "with its store"
+        } else {
+            "no store"
+        }
+    ));
     r.start(sim, iqm, redis, start);
     if r.disk.is_none() {
-        sim.checker.lock().credit(r.account, 1, Instant::now() + invariants::EVENT_CREDIT_LIFE, "a restart without a store");
+        sim.checker.lock().credit(
+            r.account,
+            1,
+            Instant::now() + invariants::EVENT_CREDIT_LIFE,
+            "a restart without a store",
+        );
     }
 }
 
 /// Every promise that is not checked as it happens.
 fn check_step(sim: &Sim, replicas: &[Replica]) {
     sim.checker.lock().check_hangs(sim, |replica, incarnation| {
-        replicas[replica].who.as_ref().is_some_and(|w| w.incarnation == incarnation && w.alive())
+        replicas[replica]
+            .who
+            .as_ref()
+            .is_some_and(|w| w.incarnation == incarnation && w.alive())
     });
     if let Some(panic) = PANICKED.with(|p| p.borrow_mut().take()) {
-        sim.violation(Invariant::NoPanicNoHang, format!("a task panicked: {panic}"));
+        sim.violation(
+            Invariant::NoPanicNoHang,
+            format!("a task panicked: {panic}"),
+        );
     }
 }
 
 /// After the faults: every replica of an account holds the same token, the one Redis shares,
 /// live at IQM. `attempt` 0 and 1 may fail (a renewal at that very moment); 2 may not.
-async fn converged(sim: &Arc<Sim>, iqm: &Arc<Iqm>, redis: &Arc<Redis>, replicas: &[Replica], attempt: u32) -> bool {
+async fn converged(
+    sim: &Arc<Sim>,
+    iqm: &Arc<Iqm>,
+    redis: &Arc<Redis>,
+    replicas: &[Replica],
+    attempt: u32,
+) -> bool {
     sim.cover("convergence checked");
-    let shared: Vec<String> = redis.scopes().iter().filter_map(|s| redis.shared_access(s)).collect();
+    let shared: Vec<String> = redis
+        .scopes()
+        .iter()
+        .filter_map(|s| redis.shared_access(s))
+        .collect();
     let mut problems = Vec::new();
     for account in 0..2 {
         let shares = replicas.iter().any(|r| r.account == account && r.shared);
@@ -998,14 +1287,19 @@ async fn converged(sim: &Arc<Sim>, iqm: &Arc<Iqm>, redis: &Arc<Redis>, replicas:
             };
         }
         if tokens.len() > 1 {
-            problems.push(format!("account {account}: replicas hold {} tokens: {tokens:?}", tokens.len()));
+            problems.push(format!(
+                "account {account}: replicas hold {} tokens: {tokens:?}",
+                tokens.len()
+            ));
         }
         for token in tokens.keys() {
             if !iqm.is_live(token) {
                 problems.push(format!("account {account}: {token} is not live at IQM"));
             }
             if shares && !shared.contains(token) {
-                problems.push(format!("account {account}: {token} is not the shared set (redis holds {shared:?})"));
+                problems.push(format!(
+                    "account {account}: {token} is not the shared set (redis holds {shared:?})"
+                ));
             }
         }
     }
@@ -1036,7 +1330,9 @@ fn regression_seeds() -> Vec<u64> {
 fn run_many(seeds: &[u64], model: &FaultModel) -> Vec<Report> {
     let next = AtomicUsize::new(0);
     let reports = Mutex::new(Vec::with_capacity(seeds.len()));
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(seeds.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| {
@@ -1055,7 +1351,9 @@ fn run_many(seeds: &[u64], model: &FaultModel) -> Vec<Report> {
 }
 
 fn describe(report: &Report, model: &FaultModel) -> String {
-    let Some((violation, tail)) = &report.violation else { return String::new() };
+    let Some((violation, tail)) = &report.violation else {
+        return String::new();
+    };
     let t = violation.at.as_millis();
     format!(
         "seed {} broke [{}] at {:02}:{:02}:{:02}: {}\n  replay: SIM_SEED={} SIM_FAULTS={} cargo test --release --test sim -- --nocapture\n  last events:\n    {}",
@@ -1083,7 +1381,10 @@ fn coverage_table(reports: &[Report]) -> String {
     for expected in EXPECTED_COVERAGE {
         total.entry((*expected).to_owned()).or_default();
     }
-    let mut out = format!("{:<58} {:>10} {:>8}\n", "reached (fault, branch)", "times", "seeds");
+    let mut out = format!(
+        "{:<58} {:>10} {:>8}\n",
+        "reached (fault, branch)", "times", "seeds"
+    );
     for (what, (n, seeds)) in &total {
         let flag = if *n == 0 { "   <-- never reached" } else { "" };
         out.push_str(&format!("{what:<58} {n:>10} {seeds:>8}{flag}\n"));
@@ -1124,11 +1425,18 @@ const EXPECTED_COVERAGE: &[&str] = &[
 ];
 
 fn check_reports(reports: &[Report], model: &FaultModel) {
-    let failures: Vec<String> = reports.iter().filter(|r| r.violation.is_some()).map(|r| describe(r, model)).collect();
+    let failures: Vec<String> = reports
+        .iter()
+        .filter(|r| r.violation.is_some())
+        .map(|r| describe(r, model))
+        .collect();
     let mut by_invariant: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for r in reports {
         if let Some((v, _)) = &r.violation {
-            by_invariant.entry(v.invariant.name()).or_default().push(r.seed);
+            by_invariant
+                .entry(v.invariant.name())
+                .or_default()
+                .push(r.seed);
         }
     }
     eprintln!("violations by invariant: {by_invariant:?}");
@@ -1146,7 +1454,11 @@ fn check_reports(reports: &[Report], model: &FaultModel) {
             failures.len(),
             reports.len(),
             model.name,
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n\n")
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n")
         );
     }
 }
@@ -1156,7 +1468,10 @@ fn replay(seed: u64, model: &FaultModel) {
     for line in report.full_trace.iter().flatten() {
         eprintln!("{line}");
     }
-    eprintln!("seed {seed}: {} events, trace hash {:016x}", report.trace_len, report.trace_hash);
+    eprintln!(
+        "seed {seed}: {} events, trace hash {:016x}",
+        report.trace_len, report.trace_hash
+    );
     check_reports(std::slice::from_ref(&report), model);
 }
 
@@ -1175,7 +1490,11 @@ fn ci_seeds_keep_every_promise() {
     let reports = run_many(&seeds, &model);
     let events: u64 = reports.iter().map(|r| r.trace_len).sum();
     let requests: u64 = reports.iter().map(|r| r.requests_ok).sum();
-    let latency = reports.iter().map(|r| r.max_latency).max().unwrap_or_default();
+    let latency = reports
+        .iter()
+        .map(|r| r.max_latency)
+        .max()
+        .unwrap_or_default();
     eprintln!("{}", coverage_table(&reports));
     eprintln!(
         "{} seeds x 1 simulated day x {REPLICAS} replicas (faults: {}): {events} trace events, {requests} requests served, longest request {latency:?}; {:.1} s wall time",
@@ -1193,19 +1512,43 @@ fn a_seed_replays_event_for_event() {
     if std::env::var("SIM_SEED").is_ok() {
         return;
     }
-    for (seed, model) in [(3, FaultModel::ci()), (17, FaultModel::ci()), (4242, FaultModel::ci()), (9, FaultModel::full())] {
+    for (seed, model) in [
+        (3, FaultModel::ci()),
+        (17, FaultModel::ci()),
+        (4242, FaultModel::ci()),
+        (9, FaultModel::full()),
+    ] {
         let (a, b) = (run_seed(seed, &model, true), run_seed(seed, &model, true));
-        let (a, b) = (canonical(&a.full_trace.unwrap_or_default()), canonical(&b.full_trace.unwrap_or_default()));
-        assert!(a.len() > 100, "seed {seed}: a short trace ({} events)", a.len());
+        let (a, b) = (
+            canonical(&a.full_trace.unwrap_or_default()),
+            canonical(&b.full_trace.unwrap_or_default()),
+        );
+        assert!(
+            a.len() > 100,
+            "seed {seed}: a short trace ({} events)",
+            a.len()
+        );
         if let Some(i) = (0..a.len().max(b.len())).find(|i| a.get(*i) != b.get(*i)) {
-            panic!("seed {seed}: the traces part at event {i}:\n  {:?}\n  {:?}", a.get(i), b.get(i));
+            panic!(
+                "seed {seed}: the traces part at event {i}:\n  {:?}\n  {:?}",
+                a.get(i),
+                b.get(i)
+            );
         }
     }
     // And by hash, for many seeds at once (each on whichever thread picks it).
     let seeds: Vec<u64> = (0..100).collect();
-    let (a, b) = (run_many(&seeds, &FaultModel::ci()), run_many(&seeds, &FaultModel::ci()));
+    let (a, b) = (
+        run_many(&seeds, &FaultModel::ci()),
+        run_many(&seeds, &FaultModel::ci()),
+    );
     for (a, b) in a.iter().zip(&b) {
-        assert_eq!((a.trace_hash, a.trace_len), (b.trace_hash, b.trace_len), "seed {}", a.seed);
+        assert_eq!(
+            (a.trace_hash, a.trace_len),
+            (b.trace_hash, b.trace_len),
+            "seed {}",
+            a.seed
+        );
     }
 }
 
@@ -1214,8 +1557,14 @@ fn a_seed_replays_event_for_event() {
 #[ignore = "the long run: minutes to hours"]
 fn long_run() {
     let model = FaultModel::from_env();
-    let count: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let first: u64 = std::env::var("SIM_FIRST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let count: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let first: u64 = std::env::var("SIM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let began = std::time::Instant::now();
     let seeds: Vec<u64> = (first..first + count).collect();
     let reports = run_many(&seeds, &model);

@@ -140,19 +140,34 @@ impl Replica {
             .workspace_host("acme.iqm.com")
             .credentials(email, password)
             .auth_http_client(http())
-            .auth_api(SimAuthApi { iqm: Arc::clone(iqm), who: who.clone() })
-            .clock(Arc::new(SimClock { start, offset_ms: self.offset_ms }))
+            .auth_api(SimAuthApi {
+                iqm: Arc::clone(iqm),
+                who: who.clone(),
+            })
+            .clock(Arc::new(SimClock {
+                start,
+                offset_ms: self.offset_ms,
+            }))
             .jitter_seed(sim.seed ^ ((self.id as u64) << 32) ^ u64::from(self.incarnation));
         if self.shared {
-            builder = builder.shared_session(SimCoordinator { redis: Arc::clone(redis), who: who.clone() });
+            builder = builder.shared_session(SimCoordinator {
+                redis: Arc::clone(redis),
+                who: who.clone(),
+            });
         }
         if let Some(disk) = &self.disk {
-            builder = builder.token_store(Arc::new(GatedStore { disk: Arc::clone(disk), alive: Arc::clone(&who.alive) }));
+            builder = builder.token_store(Arc::new(GatedStore {
+                disk: Arc::clone(disk),
+                alive: Arc::clone(&who.alive),
+            }));
         }
         let auth = builder.build().expect("a valid configuration");
         let client = ClientBuilder::new(http())
             .with(auth.clone())
-            .with(SimApiEndpoint { iqm: Arc::clone(iqm), who: who.clone() })
+            .with(SimApiEndpoint {
+                iqm: Arc::clone(iqm),
+                who: who.clone(),
+            })
             .build();
         self.who = Some(who);
         self.auth = Some(auth);
@@ -162,7 +177,9 @@ impl Replica {
 
     /// Sends one request in a task of its own; the checker hears how it ended.
     pub fn send(&mut self, sim: &Arc<Sim>) {
-        let (Some(client), Some(who)) = (&self.client, &self.who) else { return };
+        let (Some(client), Some(who)) = (&self.client, &self.who) else {
+            return;
+        };
         let id = sim.next_request_id();
         sim.checker.lock().request_started(id, who, sim.seq());
         sim.event(format!("req{id} starts on {}", who.label()));
@@ -191,14 +208,25 @@ impl Replica {
 
     /// Calls `logout()` in a task of its own.
     pub fn logout(&mut self, sim: &Arc<Sim>) {
-        let (Some(auth), Some(who)) = (self.auth.clone(), self.who.clone()) else { return };
+        let (Some(auth), Some(who)) = (self.auth.clone(), self.who.clone()) else {
+            return;
+        };
         let sim = Arc::clone(sim);
         self.tasks.push(tokio::spawn(async move {
-            let index = sim.checker.lock().logout_began(who.replica, who.incarnation, sim.seq());
+            let index = sim
+                .checker
+                .lock()
+                .logout_began(who.replica, who.incarnation, sim.seq());
             sim.event(format!("{} logout() begins", who.label()));
             let result = auth.logout().await;
-            sim.checker.lock().logout_returned(who.replica, who.incarnation, index, sim.seq());
-            sim.event(format!("{} logout() returned {:?}", who.label(), result.map_err(|e| e.to_string())));
+            sim.checker
+                .lock()
+                .logout_returned(who.replica, who.incarnation, index, sim.seq());
+            sim.event(format!(
+                "{} logout() returned {:?}",
+                who.label(),
+                result.map_err(|e| e.to_string())
+            ));
         }));
     }
 
@@ -206,7 +234,9 @@ impl Replica {
     pub fn crash(&mut self, sim: &Sim) {
         if let Some(who) = self.who.take() {
             who.alive.store(false, Ordering::Relaxed);
-            sim.checker.lock().forget_requests_of(who.replica, who.incarnation);
+            sim.checker
+                .lock()
+                .forget_requests_of(who.replica, who.incarnation);
         }
         for task in self.tasks.drain(..) {
             task.abort();
