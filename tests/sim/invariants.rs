@@ -87,6 +87,12 @@ struct RequestRecord {
     revoked_unseen: bool,
 }
 
+/// An instant and the order of the event within it.
+type Moment = (Instant, u64);
+
+/// A logout: when it began, and when it returned (if it has).
+type Logout = (Moment, Option<Moment>);
+
 /// What the checker knows.
 #[derive(Debug)]
 pub struct Checker {
@@ -95,7 +101,7 @@ pub struct Checker {
     /// The tokens each replica incarnation has sent.
     sent: BTreeMap<(usize, u32), std::collections::BTreeSet<String>>,
     /// Logouts per replica incarnation: (began, returned), as instants and in event order.
-    logouts: BTreeMap<(usize, u32), Vec<((Instant, u64), Option<(Instant, u64)>)>>,
+    logouts: BTreeMap<(usize, u32), Vec<Logout>>,
     failed: Vec<Vec<Instant>>,
     failed_by_replica: BTreeMap<(usize, u32), Vec<Instant>>,
     credits: Vec<Vec<Credit>>,

@@ -457,7 +457,7 @@ struct Setup {
 }
 
 fn plan(seed: u64, model: &FaultModel) -> Setup {
-    let mut rng = Rng::new(seed ^ 0x5EED_0F_DA7);
+    let mut rng = Rng::new(seed ^ 0x0005_EED0_FDA7);
     let lifetime = Duration::from_secs(rng.pick(&[600, 1800, 3600, 3600, 36_000]));
     let rotates = rng.chance(0.85);
     let revokes_family_on_reuse = rng.chance(0.5);
@@ -883,7 +883,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     }
                     sim.event(format!("r{id} starts"));
                     replicas[*id].start(sim, &iqm, &redis, start);
-                    if !replicas[*id].disk.is_some() {
+                    if replicas[*id].disk.is_none() {
                         sim.checker.lock().credit(
                             replicas[*id].account,
                             1,
