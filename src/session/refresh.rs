@@ -63,11 +63,12 @@ impl Session {
     /// The refresh grant for `previous`, if it has a refresh token that may be presented and
     /// the grant is not resting. `Ok(None)`: log in instead.
     ///
-    /// One try: a refresh that fails transiently gives way to a login at once (and the grant
+    /// One try: a refresh that fails or is refused gives way to a login at once (and the grant
     /// rests for [`REFRESH_REST`]), so a broken refresh endpoint never keeps the service down
-    /// while IQM's login works, and never spends the failed-call budget the login needs. A 429
-    /// is the exception: a login would go into the same rate limit, so the error is returned
-    /// and the pacing waits out IQM's `Retry-After`.
+    /// while IQM's login works, and never spends the failed-call budget the login needs (it is
+    /// skipped when the budget could not pay for both). A 429 is the exception: a login would
+    /// go into the same rate limit, so the error is returned and the pacing waits out IQM's
+    /// `Retry-After`. The refresh token leaves the store before it is presented.
     pub(super) async fn refresh(
         &self,
         reason: RenewReason,
