@@ -13,10 +13,11 @@
 //!   one layer at a time per store, and only ever resuming this account's sets.
 //! - [`refresh`]: the refresh grant. A refresh token is never presented twice unless IQM
 //!   provably did not act on it, and a failing refresh gives way to a login.
-//! - [`refusals`]: 401s that are not the token's fault: an endpoint that refused two tokens in
-//!   a row refuses the user, and its 401s are handed back without a renewal for a while.
-//! - [`retry`]: the budget check around every auth call, and retries of a login within a
-//!   renewal, with backoff and jitter.
+//! - [`refusals`]: 401s that are not the token's fault: an endpoint that refused a token and
+//!   then one obtained from IQM after that refuses the user, and its 401s are handed back
+//!   without a renewal for a while.
+//! - [`retry`]: the budget check around every auth call, retries of a login within a renewal
+//!   with backoff, and the seeded jitter.
 //! - [`pacing`]: pauses between renewals after failures, so an outage or a wrong password costs
 //!   a bounded number of auth calls.
 //! - [`budget`]: the budget for failed auth calls, so that no fault can spend more than a set
