@@ -20,6 +20,11 @@ const MAX_ENDPOINTS: usize = 256;
 /// The longest a refusing endpoint's 401s are handed back before one renews again.
 const MAX_REFUSAL_WINDOW: Duration = Duration::from_secs(10 * 60);
 
+/// How soon after an endpoint's 401 a 401 to a newer token proves it refuses: long enough for
+/// the renewal and the replay between them, short enough that a revocation an hour later is
+/// not taken for a refusal.
+const PROOF_WINDOW: Duration = Duration::from_secs(60);
+
 /// How many of the latest generations obtained from IQM are remembered.
 const REMEMBERED_FROM_IQM: usize = 16;
 
@@ -42,6 +47,8 @@ pub(super) struct Refusals {
 struct Endpoint {
     /// Tokens of this generation or later were obtained after its last unproven 401.
     obtained_since: u64,
+    /// When that 401 came.
+    refused_at: Instant,
     /// Until when its 401s are handed back, and how long that window was.
     proven: Option<(Instant, Duration)>,
 }
@@ -85,6 +92,7 @@ impl Refusals {
                 key,
                 Endpoint {
                     obtained_since: next,
+                    refused_at: now,
                     proven: None,
                 },
             );
@@ -93,8 +101,14 @@ impl Refusals {
         if endpoint.proven_at(now) {
             return true;
         }
-        if generation < endpoint.obtained_since || !self.from_iqm.contains(&generation) {
-            // A token from before its last 401, or one taken from elsewhere: no proof.
+        let proof = generation >= endpoint.obtained_since
+            && self.from_iqm.contains(&generation)
+            && now.saturating_duration_since(endpoint.refused_at) <= PROOF_WINDOW;
+        if !proof {
+            // A token from before its last 401, one taken from elsewhere, or a 401 long after
+            // the last: this 401 is the one the next token is judged against.
+            endpoint.obtained_since = next;
+            endpoint.refused_at = now;
             return false;
         }
         let window = match endpoint.proven {
@@ -102,6 +116,7 @@ impl Refusals {
             None => window,
         };
         endpoint.obtained_since = next;
+        endpoint.refused_at = now;
         endpoint.proven = now.checked_add(window).map(|until| (until, window));
         true
     }
@@ -260,6 +275,18 @@ mod tests {
             !refusals.refused(&forbidden, 5, 6, t2 + WINDOW, WINDOW),
             "back to the first window"
         );
+    }
+
+    #[test]
+    fn a_401_long_after_the_last_proves_nothing() {
+        let t0 = Instant::now();
+        let mut refusals = from_iqm(1..=3);
+        let forbidden = url("/forbidden");
+        assert!(!refusals.refused(&forbidden, 1, 2, t0, WINDOW));
+        // An hour later token 2 (obtained since) is refused: a revocation, not a refusal.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(!refusals.refused(&forbidden, 2, 3, later, WINDOW));
+        assert!(refusals.refused(&forbidden, 3, 4, later + WINDOW, WINDOW));
     }
 
     #[test]
