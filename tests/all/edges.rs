@@ -486,6 +486,8 @@ async fn two_live_layers_sharing_one_store_never_present_a_spent_refresh_token()
 
     assert_eq!(iqm.refresh_reuses(), 0, "spent refresh tokens presented");
     assert!(failed.is_empty(), "(tick, layer, outcome): {failed:?}");
+    // One login between them, and one refresh per token life (1.5 s of every 2 s), not two.
+    assert_eq!((iqm.logins(), iqm.refreshes()), (1, 6));
 }
 
 // Limits to remove: with replay off, a 401 is handed back at once.

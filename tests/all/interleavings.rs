@@ -49,9 +49,13 @@ async fn a_second_layer_never_presents_a_refresh_token_the_first_spent() {
         0,
         "B presented the refresh token A had spent"
     );
+    // A: 1 login, the lost refresh, 1 failed login (503); B: logs in, its copy being spent.
+    assert_eq!((iqm.logins(), iqm.refreshes()), (3, 1));
 }
 
-/// A store whose saves can be made to fail (a read-only file, a full disk), while loads work.
+/// A store whose saves of a renewed set can be made to fail (a full disk, a write that times
+/// out), while loads work. The layer's save of a set without its refresh token, made before
+/// that token is presented, still lands: so the store ends up holding an older set.
 #[derive(Debug, Default)]
 struct Flaky {
     inner: MemoryTokenStore,
@@ -64,7 +68,7 @@ impl TokenStore for Flaky {
         self.inner.load().await
     }
     async fn save(&self, tokens: &StoredTokens) -> Result<(), StoreError> {
-        if self.fail_saves.load(Ordering::SeqCst) {
+        if tokens.refresh_token.is_some() && self.fail_saves.load(Ordering::SeqCst) {
             return Err(StoreError::Other("unavailable".into()));
         }
         self.inner.save(tokens).await
@@ -87,7 +91,7 @@ async fn a_stale_stored_set_is_never_refreshed_after_its_token_was_spent() {
         .build()
         .unwrap();
     assert_eq!(get_through(&iqm, &auth).await, 200);
-    store.fail_saves.store(true, Ordering::SeqCst); // from now on the store keeps the login's set
+    store.fail_saves.store(true, Ordering::SeqCst); // from now on the store keeps older sets
     tokio::time::sleep(Duration::from_millis(1100)).await; // the stored set expires
     // The 10th renewal: the stored set's refresh token has left the 8-entry spent memory.
     for _ in 0..10 {
@@ -98,6 +102,7 @@ async fn a_stale_stored_set_is_never_refreshed_after_its_token_was_spent() {
         0,
         "the stored set's spent refresh token was presented again"
     );
+    assert_eq!((iqm.logins(), iqm.refreshes()), (1, 10));
 }
 
 // A proof of refusal survives the same path serving another workspace or resource.
@@ -155,6 +160,8 @@ async fn a_refused_refresh_grant_never_fails_a_request_while_login_works() {
         let status = h.get("/x").await;
         assert!(matches!(status, Ok(200)), "revocation {i}: {status:?}");
     }
+    // One refused refresh; the grant then rests, and each revocation costs one login.
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (1 + 5, 1));
 }
 
 /// A coordinator with a namespace the user chose, over a `MemoryCoordinator`.
@@ -211,13 +218,14 @@ async fn a_revocation_with_a_stale_stored_set_fails_no_request() {
         .unwrap();
     assert_eq!(get_through(&iqm, &auth).await, 200); // login: saved
     store.fail_saves.store(true, Ordering::SeqCst);
-    auth.renew().await.unwrap(); // refresh: its save fails, the store keeps the older set
+    auth.renew().await.unwrap(); // refresh: its save fails, the store keeps the older set (without its refresh token)
     iqm.revoke_all_access_tokens();
     let mut statuses = Vec::new();
     for _ in 0..3 {
         statuses.push(get_through(&iqm, &auth).await);
     }
     assert_eq!(statuses, [200, 200, 200], "logins {}", iqm.logins());
+    assert_eq!((iqm.logins(), iqm.refreshes()), (1, 2));
 }
 
 // A renewal a logout fenced off publishes nothing to the fleet's shared session either.
@@ -259,6 +267,7 @@ async fn a_renewal_fenced_by_logout_publishes_nothing_to_the_fleet() {
         "the fenced renewal ({fenced:?}) published a set after the logout: {shared:?}, logins {}",
         iqm.logins()
     );
+    assert_eq!((iqm.logins(), iqm.refreshes()), (1, 1));
 }
 
 // One failed save, with IQM healthy throughout, makes no other layer present a spent token.
@@ -285,6 +294,8 @@ async fn one_failed_save_never_makes_the_other_layer_present_a_spent_refresh_tok
         0,
         "B presented the refresh token A spent"
     );
+    // B finds its refresh token spent (A presented it) and logs in.
+    assert_eq!((iqm.logins(), iqm.refreshes()), (2, 1));
 }
 
 // Found by reverting each fix in place: the paths no other test reached.
