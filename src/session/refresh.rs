@@ -122,11 +122,12 @@ impl Session {
                 info!(%reason, "refreshed the IQM token");
                 Ok(Some(token))
             }
-            Err(err @ AuthError::CallBudgetExhausted { .. }) => {
-                state.unmark(refresh_token);
-                Err(err)
-            }
-            Err(err) if err.status() == Some(StatusCode::TOO_MANY_REQUESTS) => {
+            // Not sent (the budget is spent), or refused by IQM's rate limit, which a login
+            // would meet too: the token is still good, and the error goes to the callers.
+            Err(err)
+                if matches!(err, AuthError::CallBudgetExhausted { .. })
+                    || err.status() == Some(StatusCode::TOO_MANY_REQUESTS) =>
+            {
                 state.unmark(refresh_token);
                 Err(err)
             }
