@@ -10,14 +10,17 @@
 //!
 //! Key names hold no secret: the scope is a name the user chose or a hash.
 
+mod connection;
+mod scripts;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
+use self::connection::Connection;
+use self::scripts::Scripts;
 use super::seal::Sealer;
 use super::{CoordinatorError, DEFAULT_LEASE_TTL, Lease, SessionCoordinator, SharedTokens};
 use crate::error::ConfigError;
@@ -25,80 +28,6 @@ use crate::store::StoredTokens;
 
 /// How long one Redis call may take before the layer gives up on it for this renewal.
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The shared session, or nothing. A non-hash under the key (a foreign format) reads as
-/// generation 0 with a set that cannot be read.
-const READ: &str = r"
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then return false end
-if kind ~= 'hash' then return {'0', 'foreign', '', '0'} end
-local fields = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until')
-local paused = 0
-if fields[4] then paused = math.max(0, tonumber(fields[4]) - now_ms()) end
-return {fields[1] or '0', fields[2] or '', fields[3] or '', string.format('%.0f', paused)}
-";
-
-/// Takes the lease if it is free; returns its fencing value.
-const TRY_LEASE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local fence = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], fence, 'PX', ARGV[2])
-return fence
-";
-
-/// Redis's own clock in milliseconds, the one clock every replica's pause is measured on.
-const NOW_MS: &str = r"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-";
-
-/// Pauses the fleet's renewals (the lease holder only).
-const PAUSE: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 'paused_until', string.format('%.0f', now_ms() + tonumber(ARGV[2])))
-return 1
-";
-
-/// The shared generation, reading anything but a hash as 0.
-const GENERATION: &str = r"
-local function generation(key)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'hash' then return 0 end
-  return tonumber(redis.call('HGET', key, 'gen')) or 0
-end
-";
-
-const MARK_REFRESHING: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if generation(KEYS[1]) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'refreshing', '1')
-return 1
-";
-
-const PUBLISH: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
-local current = generation(KEYS[1])
-if current ~= tonumber(ARGV[2]) then return false end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', current + 1, 'set', ARGV[3])
-return current + 1
-";
-
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-";
-
-const CLEAR: &str = r"
-local current = generation(KEYS[1])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', current + 1)
-return current + 1
-";
 
 /// Builds a [`RedisSession`]. Setters never fail; [`build`](Self::build) checks the URL.
 #[derive(Clone)]
@@ -175,16 +104,12 @@ impl RedisSessionBuilder {
                 return Err(ConfigError::InvalidNamespace(namespace.clone()));
             }
         }
-        let password = client.get_connection_info().redis_settings().password();
         Ok(RedisSession {
             inner: Arc::new(Inner {
-                password: password.map(str::to_owned),
-                client,
+                connection: Connection::new(client, self.command_timeout),
                 url: shown,
-                manager: Mutex::new(None),
                 namespace: self.namespace,
                 lease_ttl: self.lease_ttl.max(Duration::from_millis(100)),
-                command_timeout: self.command_timeout,
                 sealer: Sealer::new(self.encryption_key),
                 holder: holder_id(),
                 scripts: Scripts::new(),
@@ -225,44 +150,15 @@ pub struct RedisSession {
 }
 
 struct Inner {
-    client: Client,
+    connection: Connection,
     /// The URL without user info, for `Debug`.
     url: String,
-    /// The URL's password, cut out of any Redis error before it is shown.
-    password: Option<String>,
-    manager: Mutex<Option<ConnectionManager>>,
     namespace: Option<String>,
     lease_ttl: Duration,
-    command_timeout: Duration,
     sealer: Sealer,
     /// This process's name in fencing values.
     holder: String,
     scripts: Scripts,
-}
-
-struct Scripts {
-    read: Script,
-    try_lease: Script,
-    mark_refreshing: Script,
-    publish: Script,
-    pause: Script,
-    release: Script,
-    clear: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let with_generation = |body: &str| Script::new(&format!("{GENERATION}{body}"));
-        Self {
-            read: Script::new(&format!("{NOW_MS}{READ}")),
-            pause: Script::new(&format!("{NOW_MS}{PAUSE}")),
-            try_lease: Script::new(TRY_LEASE),
-            mark_refreshing: with_generation(MARK_REFRESHING),
-            publish: with_generation(PUBLISH),
-            release: Script::new(RELEASE),
-            clear: with_generation(CLEAR),
-        }
-    }
 }
 
 impl fmt::Debug for RedisSession {
@@ -290,31 +186,6 @@ impl RedisSession {
         }
     }
 
-    fn connection(&self) -> Result<ConnectionManager, CoordinatorError> {
-        let mut manager = self.inner.manager.lock();
-        if let Some(manager) = manager.as_ref() {
-            return Ok(manager.clone());
-        }
-        let timeout = Some(self.inner.command_timeout);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1);
-        let created = ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
-            .map_err(|err| self.error(&err))?;
-        *manager = Some(created.clone());
-        Ok(created)
-    }
-
-    /// A Redis error as shown in logs: its kind and message, never the URL's password.
-    fn error(&self, err: &redis::RedisError) -> CoordinatorError {
-        let mut shown = format!("{:?}: {err}", err.kind());
-        if let Some(password) = self.inner.password.as_deref().filter(|p| !p.is_empty()) {
-            shown = shown.replace(password, "[redacted]");
-        }
-        CoordinatorError(shown)
-    }
-
     async fn run<T: redis::FromRedisValue>(
         &self,
         script: &Script,
@@ -322,22 +193,8 @@ impl RedisSession {
         keys: &[&str],
         args: &[&[u8]],
     ) -> Result<T, CoordinatorError> {
-        let mut connection = self.connection()?;
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key_name(scope, key));
-        }
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let call = invocation.invoke_async(&mut connection);
-        match tokio::time::timeout(self.inner.command_timeout, call).await {
-            Ok(result) => result.map_err(|err| self.error(&err)),
-            Err(_) => Err(CoordinatorError(format!(
-                "no answer within {:?}",
-                self.inner.command_timeout
-            ))),
-        }
+        let keys: Vec<String> = keys.iter().map(|key| key_name(scope, key)).collect();
+        self.inner.connection.run(script, &keys, args).await
     }
 }
 
