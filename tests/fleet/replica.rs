@@ -46,6 +46,7 @@ pub struct Report {
     pub adoptions: u64,
     pub shared_errors: u64,
     pub unreadable: u64,
+    pub renewed_alone: u64,
     /// How often the replica logged that the shared session is unavailable.
     pub outage_warnings: usize,
 }
@@ -130,7 +131,7 @@ impl Replica {
         assert!(status.success(), "replica failed: {status}\n{stderr}");
         let mut report = parse(&line);
         report.outage_warnings = stderr
-            .matches("this replica renews on its own until it is back")
+            .matches("the shared IQM session is unavailable; waiting for it")
             .count();
         report
     }
@@ -158,6 +159,7 @@ fn parse(line: &str) -> Report {
             "adoptions" => report.adoptions = value,
             "shared_errors" => report.shared_errors = value,
             "unreadable" => report.unreadable = value,
+            "alone" => report.renewed_alone = value,
             _ => {}
         }
     }
@@ -242,11 +244,12 @@ pub fn run() {
     }
     let stats = auth.stats();
     println!(
-        "FLEET result ok={ok} failed={failed} logins={} refreshes={} adoptions={} shared_errors={} unreadable={}",
+        "FLEET result ok={ok} failed={failed} logins={} refreshes={} adoptions={} shared_errors={} unreadable={} alone={}",
         stats.logins,
         stats.refreshes,
         stats.shared_adoptions,
         stats.shared_errors,
-        stats.shared_unreadable
+        stats.shared_unreadable,
+        stats.renewed_alone
     );
 }
