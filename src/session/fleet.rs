@@ -53,6 +53,8 @@ pub(crate) struct Fleet {
     /// The highest shared generation this replica has seen: a shared set below it was restored
     /// from an older copy, and its refresh token may have been spent.
     seen: AtomicU64,
+    /// The highest shared generation of a session this replica logged out of.
+    pub(super) ended: AtomicU64,
     /// A lease taken by a call whose answer was lost: asked for again, or released, later.
     pub(super) uncertain_lease: Mutex<Option<Lease>>,
     /// The fleet's failed auth calls while this replica renews under the lease.
@@ -70,6 +72,7 @@ impl Fleet {
             scope,
             down: AtomicBool::new(false),
             seen: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
             uncertain_lease: Mutex::new(None),
             calls: Mutex::new(None),
             warned_foreign_key: AtomicBool::new(false),
@@ -340,9 +343,12 @@ impl Session {
         }
     }
 
-    /// Removes the shared set, for a logout.
+    /// Removes the shared set, for a logout. Every generation seen so far belongs to the session
+    /// the logout ends: if the clear does not land (Redis out of reach), such a set is neither
+    /// taken again nor renewed from, and the next renewal publishes above it.
     pub(super) async fn clear_shared(&self) {
         if let Some(fleet) = &self.fleet {
+            fleet.ended.fetch_max(fleet.seen(), Ordering::Relaxed);
             self.coordinate(fleet, fleet.coordinator.clear(&fleet.scope))
                 .await;
         }

@@ -132,6 +132,10 @@ impl Session {
             );
             return None;
         }
+        if shared.generation <= fleet.ended.load(Ordering::Relaxed) {
+            info!("the shared IQM session is one this replica logged out of; logging in");
+            return None;
+        }
         if shared.generation < seen_before.max(fleet.seen()) {
             warn!(
                 generation = shared.generation,
@@ -258,7 +262,9 @@ impl Session {
     ) -> Option<Arc<CachedToken>> {
         let shared = shared?;
         let tokens = shared.tokens.as_ref()?;
-        if local.is_some_and(|local| local.access_token == tokens.access_token) {
+        if local.is_some_and(|local| local.access_token == tokens.access_token)
+            || shared.generation <= fleet.ended.load(Ordering::Relaxed)
+        {
             return None;
         }
         if !self.account.owns(tokens.account.as_deref()) {
@@ -271,6 +277,11 @@ impl Session {
             return None;
         }
         let token = self.cached_from_shared(shared, tokens.clone())?;
+        // Never a step back: a set that expires no later than this replica's own was issued
+        // before it (this replica renewed on its own meanwhile), and is no better after a 401.
+        if local.is_some_and(|local| local.deadlines.expires_at >= token.deadlines.expires_at) {
+            return None;
+        }
         let usable = match token.deadlines.freshness(self.clock.now()) {
             Freshness::Fresh => true,
             Freshness::RenewSoon => reason != RenewReason::Proactive,
