@@ -55,6 +55,8 @@ pub(crate) struct Fleet {
     seen: AtomicU64,
     /// The highest shared generation of a session this replica logged out of.
     pub(super) ended: AtomicU64,
+    /// Whether a logout's clear did not land: it is made before the next renewal reads.
+    owed_clear: AtomicBool,
     /// A lease taken by a call whose answer was lost: asked for again, or released, later.
     pub(super) uncertain_lease: Mutex<Option<Lease>>,
     /// The fleet's failed auth calls while this replica renews under the lease.
@@ -73,6 +75,7 @@ impl Fleet {
             down: AtomicBool::new(false),
             seen: AtomicU64::new(0),
             ended: AtomicU64::new(0),
+            owed_clear: AtomicBool::new(false),
             uncertain_lease: Mutex::new(None),
             calls: Mutex::new(None),
             warned_foreign_key: AtomicBool::new(false),
@@ -149,6 +152,15 @@ impl Session {
         let mut lease_uncertain = false;
         let mut shared: Option<Option<SharedTokens>> = None;
         let outcome = loop {
+            if shared.is_none() && fleet.owed_clear.load(Ordering::Relaxed) {
+                let cleared = self
+                    .reach(fleet, &mut reach, fleet.coordinator.clear(&fleet.scope))
+                    .await;
+                if cleared.is_some() {
+                    fleet.owed_clear.store(false, Ordering::Relaxed);
+                    info!("ended the shared IQM session a logout could not reach");
+                }
+            }
             let now_shared = match shared.take() {
                 Some(known) => known,
                 None => match self
@@ -264,8 +276,9 @@ impl Session {
         reason: RenewReason,
         local: Option<&CachedToken>,
     ) -> Result<OnUnreachable, AuthError> {
-        let valid = local
-            .is_some_and(|token| token.deadlines.freshness(self.clock.now()) != Freshness::Expired);
+        let valid = local.is_some_and(|token| {
+            !token.was_refused() && token.deadlines.freshness(self.clock.now()) != Freshness::Expired
+        });
         if reason == RenewReason::Proactive && valid {
             debug!("the shared IQM session is out of reach; keeping the valid token for now");
             return Err(AuthError::Interrupted);
@@ -345,12 +358,15 @@ impl Session {
 
     /// Removes the shared set, for a logout. Every generation seen so far belongs to the session
     /// the logout ends: if the clear does not land (Redis out of reach), such a set is neither
-    /// taken again nor renewed from, and the next renewal publishes above it.
+    /// taken again nor renewed from, and the next renewal clears the shared session first (a set
+    /// published before the logout may be there, which this replica has never seen).
     pub(super) async fn clear_shared(&self) {
         if let Some(fleet) = &self.fleet {
             fleet.ended.fetch_max(fleet.seen(), Ordering::Relaxed);
-            self.coordinate(fleet, fleet.coordinator.clear(&fleet.scope))
+            let cleared = self
+                .coordinate(fleet, fleet.coordinator.clear(&fleet.scope))
                 .await;
+            fleet.owed_clear.store(cleared.is_none(), Ordering::Relaxed);
         }
     }
 }
