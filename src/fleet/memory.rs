@@ -43,6 +43,7 @@ pub struct MemoryCoordinator {
 
 #[derive(Debug, Default)]
 struct MemoryScope {
+    epoch: String,
     generation: u64,
     /// The set and its access token's expiry.
     tokens: Option<(StoredTokens, Instant)>,
@@ -77,6 +78,23 @@ impl MemoryCoordinator {
     }
 }
 
+/// The state of `scope`, made (in a new epoch) if there is none.
+fn scope_state<'a>(
+    scopes: &'a mut HashMap<String, MemoryScope>,
+    scope: &str,
+) -> &'a mut MemoryScope {
+    static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    scopes
+        .entry(scope.to_owned())
+        .or_insert_with(|| MemoryScope {
+            epoch: format!(
+                "memory:{}",
+                EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            ..MemoryScope::default()
+        })
+}
+
 #[async_trait::async_trait]
 impl SessionCoordinator for MemoryCoordinator {
     fn namespace(&self) -> Option<&str> {
@@ -97,6 +115,7 @@ impl SessionCoordinator for MemoryCoordinator {
                 s.tokens.as_ref().map(|(tokens, _)| tokens.clone()),
                 s.refreshing,
             )
+            .in_epoch(s.epoch.as_str())
             .paused(s.paused_until.map_or(Duration::ZERO, left))
             .with_failures(
                 s.failures_in_a_row,
@@ -115,7 +134,7 @@ impl SessionCoordinator for MemoryCoordinator {
 
     async fn try_lease(&self, scope: &str, lease: &Lease) -> Result<bool, CoordinatorError> {
         let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
+        let state = scope_state(&mut scopes, scope);
         let now = Instant::now();
         let taken_by_another = state
             .lease
@@ -135,7 +154,7 @@ impl SessionCoordinator for MemoryCoordinator {
         generation: u64,
     ) -> Result<bool, CoordinatorError> {
         let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
+        let state = scope_state(&mut scopes, scope);
         let marked = state.holds(lease) && state.generation == generation;
         if marked {
             state.refreshing = true;
@@ -150,7 +169,7 @@ impl SessionCoordinator for MemoryCoordinator {
         publication: &Publication,
     ) -> Result<Option<u64>, CoordinatorError> {
         let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
+        let state = scope_state(&mut scopes, scope);
         if !state.holds(lease) || state.generation != publication.expected {
             return Ok(None);
         }
@@ -170,7 +189,7 @@ impl SessionCoordinator for MemoryCoordinator {
         failure: &Failure,
     ) -> Result<(), CoordinatorError> {
         let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
+        let state = scope_state(&mut scopes, scope);
         if !state.holds(lease) {
             return Ok(());
         }
@@ -201,7 +220,7 @@ impl SessionCoordinator for MemoryCoordinator {
 
     async fn clear(&self, scope: &str) -> Result<(), CoordinatorError> {
         let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
+        let state = scope_state(&mut scopes, scope);
         state.generation += 1;
         state.tokens = None;
         state.refreshing = false;

@@ -2,11 +2,12 @@
 //! talks to, an in-memory coordinator, and (feature `redis`) [`RedisSession`].
 //!
 //! The protocol, kept by every coordinator:
-//! - The shared set carries a generation that only ever grows (a logout removes the set but
-//!   keeps counting), so a replica tells a set other than its own by the number alone. Each
-//!   replica remembers the highest generation it has seen: a shared set below it was restored
-//!   from an older copy (a snapshot, a lagging replica) and its refresh token may have been
-//!   spent, so it is never refreshed, and the next set is published above every generation seen.
+//! - The shared set carries a generation that only ever grows within the session's epoch (a
+//!   logout removes the set but keeps counting; a coordinator that lost everything starts a new
+//!   epoch). Each replica remembers the highest generation it has seen in each epoch: a shared
+//!   set below it was restored from an older copy (a snapshot, a lagging replica) and its
+//!   refresh token may have been spent, so it is never refreshed, and the next set is published
+//!   above every generation seen.
 //! - One replica at a time holds the lease, the right to renew; the others wait for its set; it
 //!   expires by itself, so a crashed holder does not wedge the fleet. The replica chooses the
 //!   lease's fencing value, so after a call whose answer was lost it can recognise (or release)
@@ -43,6 +44,11 @@ pub use self::redis::{RedisSession, RedisSessionBuilder};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SharedTokens {
+    /// The shared session's epoch: an id the coordinator gives the session when it is created,
+    /// kept for as long as it lives. A coordinator that lost everything (a restart without
+    /// persistence) starts a new epoch, whose generations start over; one restored from an
+    /// older copy keeps the epoch, with an older generation.
+    pub epoch: String,
     /// The shared generation: it grows with every published set and every logout.
     pub generation: u64,
     /// The token set, `None` when there is none (never published, logged out) or it cannot be
@@ -72,6 +78,7 @@ impl SharedTokens {
     /// A readable shared set.
     pub fn new(generation: u64, tokens: Option<StoredTokens>, refreshing: bool) -> Self {
         Self {
+            epoch: String::new(),
             generation,
             tokens,
             expires_in: None,
@@ -89,6 +96,15 @@ impl SharedTokens {
     pub fn paused(self, pause: Duration) -> Self {
         Self {
             paused_for: (!pause.is_zero()).then_some(pause),
+            ..self
+        }
+    }
+
+    /// The same, in the session's epoch `epoch`.
+    #[must_use]
+    pub fn in_epoch(self, epoch: impl Into<String>) -> Self {
+        Self {
+            epoch: epoch.into(),
             ..self
         }
     }
@@ -151,7 +167,7 @@ impl Lease {
 }
 
 /// A name for this process, different between processes and runs.
-fn process_name() -> &'static str {
+pub(crate) fn process_name() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         use std::hash::{BuildHasher, RandomState};

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -50,11 +50,8 @@ pub(crate) struct Fleet {
     /// Whether the last call failed: an outage is logged once, not once per renewal, and a
     /// renewal that starts in a known outage does not wait for the coordinator.
     down: AtomicBool,
-    /// The highest shared generation this replica has seen: a shared set below it was restored
-    /// from an older copy, and its refresh token may have been spent.
-    seen: AtomicU64,
-    /// The highest shared generation of a session this replica logged out of.
-    pub(super) ended: AtomicU64,
+    /// What this replica has seen of the shared session, per epoch.
+    seen: Mutex<Seen>,
     /// Whether a logout's clear did not land: it is made before the next renewal reads.
     owed_clear: AtomicBool,
     /// A lease taken by a call whose answer was lost: asked for again, or released, later.
@@ -73,8 +70,7 @@ impl Fleet {
             coordinator,
             scope,
             down: AtomicBool::new(false),
-            seen: AtomicU64::new(0),
-            ended: AtomicU64::new(0),
+            seen: Mutex::default(),
             owed_clear: AtomicBool::new(false),
             uncertain_lease: Mutex::new(None),
             calls: Mutex::new(None),
@@ -83,14 +79,75 @@ impl Fleet {
         }
     }
 
-    /// The highest shared generation this replica has seen.
-    pub(super) fn seen(&self) -> u64 {
-        self.seen.load(Ordering::Relaxed)
+    /// The highest shared generation this replica has seen in `epoch`: a shared set below it
+    /// was restored from an older copy, and its refresh token may have been spent.
+    pub(super) fn seen_in(&self, epoch: &str) -> u64 {
+        self.seen.lock().get(epoch).map_or(0, |e| e.seen)
+    }
+
+    /// Whether the set of `generation` in `epoch` belongs to a session this replica logged out
+    /// of.
+    pub(super) fn ended(&self, epoch: &str, generation: u64) -> bool {
+        self.seen
+            .lock()
+            .get(epoch)
+            .is_some_and(|e| generation <= e.ended)
     }
 
     /// Notes a shared generation seen.
-    pub(super) fn saw(&self, generation: u64) {
-        self.seen.fetch_max(generation, Ordering::Relaxed);
+    pub(super) fn saw(&self, epoch: &str, generation: u64) {
+        let mut seen = self.seen.lock();
+        let known = seen.entry(epoch);
+        known.seen = known.seen.max(generation);
+    }
+}
+
+/// What a replica has seen of the shared session in its last few epochs, most recent first.
+#[derive(Debug, Default)]
+struct Seen(Vec<Epoch>);
+
+#[derive(Debug)]
+struct Epoch {
+    id: String,
+    /// The highest generation seen.
+    seen: u64,
+    /// The highest generation of a session this replica logged out of.
+    ended: u64,
+}
+
+/// How many epochs a replica remembers: a coordinator restored to an epoch before the last
+/// few restarts is not told from a new one.
+const EPOCHS_KEPT: usize = 4;
+
+impl Seen {
+    fn get(&self, id: &str) -> Option<&Epoch> {
+        self.0.iter().find(|e| e.id == id)
+    }
+
+    fn entry(&mut self, id: &str) -> &mut Epoch {
+        let at = match self.0.iter().position(|e| e.id == id) {
+            Some(at) => at,
+            None => {
+                self.0.truncate(EPOCHS_KEPT - 1);
+                self.0.insert(
+                    0,
+                    Epoch {
+                        id: id.to_owned(),
+                        seen: 0,
+                        ended: 0,
+                    },
+                );
+                0
+            }
+        };
+        &mut self.0[at]
+    }
+
+    /// A logout: every set seen so far belongs to the session it ends.
+    fn end_all(&mut self) {
+        for epoch in &mut self.0 {
+            epoch.ended = epoch.seen;
+        }
     }
 }
 
@@ -179,7 +236,7 @@ impl Session {
                 },
             };
             if let Some(s) = &now_shared {
-                fleet.saw(s.generation);
+                fleet.saw(&s.epoch, s.generation);
                 if s.foreign_key {
                     self.warn_foreign_key(fleet);
                     break Ok(None);
@@ -277,7 +334,8 @@ impl Session {
         local: Option<&CachedToken>,
     ) -> Result<OnUnreachable, AuthError> {
         let valid = local.is_some_and(|token| {
-            !token.was_refused() && token.deadlines.freshness(self.clock.now()) != Freshness::Expired
+            !token.was_refused()
+                && token.deadlines.freshness(self.clock.now()) != Freshness::Expired
         });
         if reason == RenewReason::Proactive && valid {
             debug!("the shared IQM session is out of reach; keeping the valid token for now");
@@ -362,7 +420,7 @@ impl Session {
     /// published before the logout may be there, which this replica has never seen).
     pub(super) async fn clear_shared(&self) {
         if let Some(fleet) = &self.fleet {
-            fleet.ended.fetch_max(fleet.seen(), Ordering::Relaxed);
+            fleet.seen.lock().end_all();
             let cleared = self
                 .coordinate(fleet, fleet.coordinator.clear(&fleet.scope))
                 .await;

@@ -45,9 +45,8 @@ impl Session {
         else {
             return Ok(UnderLease::Unavailable);
         };
-        let seen_before = fleet.seen();
         if let Some(shared) = &shared {
-            fleet.saw(shared.generation);
+            fleet.saw(&shared.epoch, shared.generation);
             if shared.foreign_key {
                 return Ok(UnderLease::Unavailable);
             }
@@ -63,7 +62,7 @@ impl Session {
             );
         }
         let expected = shared.as_ref().map_or(0, |s| s.generation);
-        let base = self.renewal_base(fleet, shared.as_ref(), local, seen_before);
+        let base = self.renewal_base(fleet, shared.as_ref(), local);
         if base.as_deref().is_some_and(|b| b.refresh_token.is_some()) {
             let marked = self
                 .coordinate(
@@ -104,7 +103,8 @@ impl Session {
                 return Err(err);
             }
         };
-        self.publish(fleet, lease, expected, &token, logout_epoch)
+        let epoch = shared.as_ref().map_or("", |s| s.epoch.as_str());
+        self.publish(fleet, lease, (epoch, expected), &token, logout_epoch)
             .await?;
         Ok(UnderLease::Acquired((token, Source::Iqm)))
     }
@@ -119,7 +119,6 @@ impl Session {
         fleet: &Fleet,
         shared: Option<&SharedTokens>,
         local: Option<&Arc<CachedToken>>,
-        seen_before: u64,
     ) -> Option<Arc<CachedToken>> {
         let Some(shared) = shared.filter(|s| s.tokens.is_some() || s.refreshing) else {
             return local
@@ -132,14 +131,15 @@ impl Session {
             );
             return None;
         }
-        if shared.generation <= fleet.ended.load(Ordering::Relaxed) {
+        if fleet.ended(&shared.epoch, shared.generation) {
             info!("the shared IQM session is one this replica logged out of; logging in");
             return None;
         }
-        if shared.generation < seen_before.max(fleet.seen()) {
+        let seen = fleet.seen_in(&shared.epoch);
+        if shared.generation < seen {
             warn!(
                 generation = shared.generation,
-                seen = fleet.seen(),
+                seen,
                 "the shared IQM session is older than one this replica has seen (Redis lost writes); logging in instead of presenting its refresh token"
             );
             return None;
@@ -207,13 +207,13 @@ impl Session {
         &self,
         fleet: &Fleet,
         lease: &Lease,
-        expected: u64,
+        (epoch, expected): (&str, u64),
         token: &CachedToken,
         logout_epoch: u64,
     ) -> Result<(), AuthError> {
         let publication = Publication {
             expected,
-            floor: fleet.seen(),
+            floor: fleet.seen_in(epoch),
             tokens: self.stored_from_cached(token),
             expires_in: token
                 .deadlines
@@ -233,7 +233,7 @@ impl Session {
         drop(publishing);
         match published {
             Some(Some(generation)) => {
-                fleet.saw(generation);
+                fleet.saw(epoch, generation);
                 token.set_shared_generation(generation);
                 debug!(generation, "published the new IQM token set to the fleet");
             }
@@ -263,7 +263,7 @@ impl Session {
         let shared = shared?;
         let tokens = shared.tokens.as_ref()?;
         if local.is_some_and(|local| local.access_token == tokens.access_token)
-            || shared.generation <= fleet.ended.load(Ordering::Relaxed)
+            || fleet.ended(&shared.epoch, shared.generation)
         {
             return None;
         }

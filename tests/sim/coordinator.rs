@@ -57,6 +57,7 @@ impl CoordFault {
 
 #[derive(Debug, Clone, Default)]
 struct Scope {
+    epoch: String,
     generation: u64,
     tokens: Option<(StoredTokens, Instant)>,
     refreshing: bool,
@@ -77,8 +78,24 @@ impl Scope {
 #[derive(Debug, Default)]
 struct RedisState {
     scopes: BTreeMap<String, Scope>,
+    /// How many sessions were made: each new one (after a restart) is a new epoch.
+    epochs: u64,
     snapshots: VecDeque<(Instant, BTreeMap<String, Scope>)>,
     faults: Vec<(Instant, Instant, CoordFault)>,
+}
+
+impl RedisState {
+    /// The state of `scope`, made (in a new epoch) if there is none.
+    fn scope(&mut self, scope: &str) -> &mut Scope {
+        let epochs = &mut self.epochs;
+        self.scopes.entry(scope.to_owned()).or_insert_with(|| {
+            *epochs += 1;
+            Scope {
+                epoch: format!("epoch-{epochs}"),
+                ..Scope::default()
+            }
+        })
+    }
 }
 
 /// The simulated Redis, shared by every handle.
@@ -276,6 +293,7 @@ impl SessionCoordinator for SimCoordinator {
                             }),
                             s.failures_in_a_row,
                             failed,
+                            s.epoch.clone(),
                         ),
                     )
                 })
@@ -283,7 +301,7 @@ impl SessionCoordinator for SimCoordinator {
             .await?;
         let sim = &self.redis.sim;
         Ok(shared.map(
-            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, failed))| {
+            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, failed, epoch))| {
                 if refreshing {
                     sim.cover("redis read: set marked refreshing");
                 }
@@ -292,6 +310,7 @@ impl SessionCoordinator for SimCoordinator {
                 }
                 let expires_in = tokens.as_ref().map(|(_, left)| *left);
                 let shared = SharedTokens::new(generation, tokens.map(|(t, _)| t), refreshing)
+                    .in_epoch(epoch)
                     .paused(pause)
                     .with_failures(in_a_row, failed);
                 match expires_in {
@@ -305,7 +324,7 @@ impl SessionCoordinator for SimCoordinator {
     async fn try_lease(&self, scope: &str, lease: &Lease) -> Result<bool, CoordinatorError> {
         let taken = self
             .command("try_lease", |s, now| {
-                let state = s.scopes.entry(scope.to_owned()).or_default();
+                let state = s.scope(scope);
                 let held_by_another = state
                     .lease
                     .as_ref()
@@ -333,7 +352,7 @@ impl SessionCoordinator for SimCoordinator {
     ) -> Result<bool, CoordinatorError> {
         let marked = self
             .command("mark_refreshing", |s, now| {
-                let state = s.scopes.entry(scope.to_owned()).or_default();
+                let state = s.scope(scope);
                 let marked = state.holds(lease, now) && state.generation == generation;
                 if marked {
                     state.refreshing = true;
@@ -362,7 +381,7 @@ impl SessionCoordinator for SimCoordinator {
             .command(
                 &format!("publish {access} from gen {expected}"),
                 |s, now| {
-                    let state = s.scopes.entry(scope.to_owned()).or_default();
+                    let state = s.scope(scope);
                     if !state.holds(lease, now) {
                         return Err("lease lost");
                     }
@@ -398,7 +417,7 @@ impl SessionCoordinator for SimCoordinator {
             failure.failed_calls.len()
         );
         self.command(&name, |s, now| {
-            let state = s.scopes.entry(scope.to_owned()).or_default();
+            let state = s.scope(scope);
             if state.holds(lease, now) {
                 state.paused_until = now.checked_add(failure.pause);
                 state.failures_in_a_row += 1;
@@ -431,7 +450,7 @@ impl SessionCoordinator for SimCoordinator {
 
     async fn clear(&self, scope: &str) -> Result<(), CoordinatorError> {
         self.command("clear", |s, _| {
-            let state = s.scopes.entry(scope.to_owned()).or_default();
+            let state = s.scope(scope);
             state.generation += 1;
             state.tokens = None;
             state.refreshing = false;

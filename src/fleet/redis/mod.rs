@@ -236,11 +236,13 @@ impl SessionCoordinator for RedisSession {
             String,
             String,
             String,
+            String,
         );
         let fields: Option<Fields> = self
             .run(&self.inner.scripts.read, scope, &["session"], &[])
             .await?;
-        let Some((generation, set, refreshing, paused, expires, key, failures, ages)) = fields
+        let Some((generation, set, refreshing, paused, expires, key, failures, ages, epoch)) =
+            fields
         else {
             return Ok(None);
         };
@@ -267,6 +269,7 @@ impl SessionCoordinator for RedisSession {
         let paused = Duration::from_millis(paused.parse().unwrap_or(0));
         Ok(Some(
             shared
+                .in_epoch(epoch)
                 .paused(paused)
                 .with_failures(failures.parse().unwrap_or(0), ages),
         ))
@@ -328,6 +331,7 @@ impl SessionCoordinator for RedisSession {
                 lifetime_ms.to_string().as_bytes(),
                 sealer.sealing_key_id().as_bytes(),
                 sealer.key_ids().as_bytes(),
+                super::process_name().as_bytes(),
             ],
         )
         .await
@@ -354,6 +358,7 @@ impl SessionCoordinator for RedisSession {
                     lease.fence.as_bytes(),
                     millis(failure.pause).as_bytes(),
                     ages.join(",").as_bytes(),
+                    super::process_name().as_bytes(),
                 ],
             )
             .await?;
@@ -374,7 +379,12 @@ impl SessionCoordinator for RedisSession {
 
     async fn clear(&self, scope: &str) -> Result<(), CoordinatorError> {
         let _: i64 = self
-            .run(&self.inner.scripts.clear, scope, &["session"], &[])
+            .run(
+                &self.inner.scripts.clear,
+                scope,
+                &["session"],
+                &[super::process_name().as_bytes()],
+            )
             .await?;
         Ok(())
     }

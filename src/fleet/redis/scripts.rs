@@ -25,6 +25,12 @@ local function writable(key)
   if k ~= 'hash' and k ~= 'none' then redis.call('DEL', key) end
 end
 local function ms(n) return string.format('%.0f', n) end
+-- A session made by this write gets an epoch: the writer's name and Redis's time, unique.
+local function epoch_of(key, writer)
+  local e = false
+  if kind(key) == 'hash' then e = redis.call('HGET', key, 'epoch') end
+  return e or (writer .. ':' .. ms(now_ms()))
+end
 -- The failed auth calls of the last minute, as Redis times, from a comma-separated list.
 local function failed_calls(list, now)
   local kept = {}
@@ -39,14 +45,14 @@ end
 ";
 
 /// The shared session, or nothing: generation, sealed set, refreshing mark, pause left (ms),
-/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, and the ages (ms)
-/// of the failed calls of the last minute.
+/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, the ages (ms) of
+/// the failed calls of the last minute, and the epoch.
 const READ: &str = r"
 local k = kind(KEYS[1])
 if k == 'none' then return false end
-if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', ''} end
+if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', ''} end
 local f = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until',
-  'expires_at', 'key', 'failures', 'failed')
+  'expires_at', 'key', 'failures', 'failed', 'epoch')
 local now = now_ms()
 local paused = 0
 if tonumber(f[4]) then paused = math.max(0, tonumber(f[4]) - now) end
@@ -55,7 +61,7 @@ if tonumber(f[5]) then expires = math.max(0, tonumber(f[5]) - now) end
 local ages = {}
 for _, t in ipairs(failed_calls(f[8], now)) do table.insert(ages, ms(now - t)) end
 return {f[1] or '0', f[2] or '', f[3] or '', ms(paused), ms(expires), f[6] or '',
-  f[7] or '0', table.concat(ages, ',')}
+  f[7] or '0', table.concat(ages, ','), f[9] or ''}
 ";
 
 /// The shared generation alone: what a waiting replica polls.
@@ -81,13 +87,15 @@ return 1
 ";
 
 /// Publishes a set (ARGV: fence, expected generation, sealed set, floor, lifetime in ms, the
-/// sealing key's id, the ids of every key the replica opens with) unless the lease is lost, the
+/// sealing key's id, the ids of every key the replica opens with, the writer's name) unless the
+/// lease is lost, the
 /// generation moved on, or the set there is sealed under a key the replica does not hold. The
 /// record of failed calls survives; the failures in a row and the pause end.
 const PUBLISH: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
 local current = generation(KEYS[1])
 if current ~= tonumber(ARGV[2]) then return false end
+local epoch = epoch_of(KEYS[1], ARGV[8])
 local failed = false
 if kind(KEYS[1]) == 'hash' then
   local f = redis.call('HMGET', KEYS[1], 'set', 'key', 'failed')
@@ -103,16 +111,17 @@ end
 redis.call('DEL', KEYS[1])
 local next = math.max(current, tonumber(ARGV[4])) + 1
 redis.call('HSET', KEYS[1], 'gen', next, 'set', ARGV[3], 'key', ARGV[6],
-  'expires_at', ms(now_ms() + tonumber(ARGV[5])))
+  'expires_at', ms(now_ms() + tonumber(ARGV[5])), 'epoch', epoch)
 if failed then redis.call('HSET', KEYS[1], 'failed', failed) end
 return next
 ";
 
 /// Records the lease holder's failed renewal (ARGV: fence, pause in ms, the failed calls' ages
-/// in ms, comma-separated).
+/// in ms, comma-separated, the writer's name).
 const RECORD_FAILURE: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 writable(KEYS[1])
+redis.call('HSET', KEYS[1], 'epoch', epoch_of(KEYS[1], ARGV[4]))
 local now = now_ms()
 local kept = failed_calls(redis.call('HGET', KEYS[1], 'failed'), now)
 for age in string.gmatch(ARGV[3], '[^,]+') do
@@ -132,13 +141,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 ";
 
-/// Removes the set (a logout); the generation moves on and the failed calls stay counted.
+/// Removes the set (a logout; ARGV: the writer's name); the generation moves on within the
+/// epoch, and the failed calls stay counted.
 const CLEAR: &str = r"
 local current = generation(KEYS[1])
+local epoch = epoch_of(KEYS[1], ARGV[1])
 local failed = false
 if kind(KEYS[1]) == 'hash' then failed = redis.call('HGET', KEYS[1], 'failed') end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', current + 1)
+redis.call('HSET', KEYS[1], 'gen', current + 1, 'epoch', epoch)
 if failed then redis.call('HSET', KEYS[1], 'failed', failed) end
 return current + 1
 ";
