@@ -27,6 +27,7 @@ use super::Session;
 use super::acquire::Source;
 use super::budget::CallBudget;
 use super::lease::UnderLease;
+use super::seen::Seen;
 
 /// The longest one wait for another replica's set lasts before the lease is tried again (its
 /// holder may have crashed).
@@ -102,55 +103,6 @@ impl Fleet {
     }
 }
 
-/// What a replica has seen of the shared session in its last few epochs, most recent first.
-#[derive(Debug, Default)]
-struct Seen(Vec<Epoch>);
-
-#[derive(Debug)]
-struct Epoch {
-    id: String,
-    /// The highest generation seen.
-    seen: u64,
-    /// The highest generation of a session this replica logged out of.
-    ended: u64,
-}
-
-/// How many epochs a replica remembers: a coordinator restored to an epoch before the last
-/// few restarts is not told from a new one.
-const EPOCHS_KEPT: usize = 4;
-
-impl Seen {
-    fn get(&self, id: &str) -> Option<&Epoch> {
-        self.0.iter().find(|e| e.id == id)
-    }
-
-    fn entry(&mut self, id: &str) -> &mut Epoch {
-        let at = match self.0.iter().position(|e| e.id == id) {
-            Some(at) => at,
-            None => {
-                self.0.truncate(EPOCHS_KEPT - 1);
-                self.0.insert(
-                    0,
-                    Epoch {
-                        id: id.to_owned(),
-                        seen: 0,
-                        ended: 0,
-                    },
-                );
-                0
-            }
-        };
-        &mut self.0[at]
-    }
-
-    /// A logout: every set seen so far belongs to the session it ends.
-    fn end_all(&mut self) {
-        for epoch in &mut self.0 {
-            epoch.ended = epoch.seen;
-        }
-    }
-}
-
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet")
@@ -159,6 +111,9 @@ impl std::fmt::Debug for Fleet {
             .finish_non_exhaustive()
     }
 }
+
+/// How an acquisition through the fleet ends: a token, or `None` to renew on this replica's own.
+type Acquisition = Result<Option<(Arc<CachedToken>, Source)>, AuthError>;
 
 /// What a replica does when a coordinator call failed.
 enum OnUnreachable {
@@ -191,7 +146,7 @@ impl Session {
         fleet: &Fleet,
         reason: RenewReason,
         logout_epoch: u64,
-    ) -> Result<Option<(Arc<CachedToken>, Source)>, AuthError> {
+    ) -> Acquisition {
         let local = self.current.load_full();
         let patience = fleet.coordinator.lease_ttl() + self.policy.acquire_timeout;
         let mut reach = Reach {
@@ -216,6 +171,12 @@ impl Session {
                 if cleared.is_some() {
                     fleet.owed_clear.store(false, Ordering::Relaxed);
                     info!("ended the shared IQM session a logout could not reach");
+                } else {
+                    // Nothing shared is taken before the logout's clear has landed.
+                    match self.unreachable(&reach, reason, local.as_deref()).await {
+                        Some(end) => break end,
+                        None => continue,
+                    }
                 }
             }
             let now_shared = match shared.take() {
@@ -225,13 +186,9 @@ impl Session {
                     .await
                 {
                     Some(read) => read,
-                    None => match self.on_unreachable(&reach, reason, local.as_deref()) {
-                        Ok(OnUnreachable::TryAgain) => {
-                            tokio::time::sleep(UNREACHABLE_RETRY).await;
-                            continue;
-                        }
-                        Ok(OnUnreachable::GoAlone) => break Ok(None),
-                        Err(err) => break Err(err),
+                    None => match self.unreachable(&reach, reason, local.as_deref()).await {
+                        Some(end) => break end,
+                        None => continue,
                     },
                 },
             };
@@ -280,15 +237,11 @@ impl Session {
                 None => {
                     // The lease may have been taken without this replica hearing it.
                     lease_uncertain = true;
-                    match self.on_unreachable(&reach, reason, local.as_deref()) {
-                        Ok(OnUnreachable::TryAgain) => {
-                            tokio::time::sleep(UNREACHABLE_RETRY).await;
-                            shared = Some(now_shared);
-                            continue;
-                        }
-                        Ok(OnUnreachable::GoAlone) => break Ok(None),
-                        Err(err) => break Err(err),
+                    if let Some(end) = self.unreachable(&reach, reason, local.as_deref()).await {
+                        break end;
                     }
+                    shared = Some(now_shared);
+                    continue;
                 }
             }
             let waited = reach.started.elapsed();
@@ -307,14 +260,12 @@ impl Session {
                 .await;
             match newer {
                 Some(newer) => shared = Some(newer),
-                None => match self.on_unreachable(&reach, reason, local.as_deref()) {
-                    Ok(OnUnreachable::TryAgain) => {
-                        tokio::time::sleep(UNREACHABLE_RETRY).await;
-                        shared = Some(now_shared);
+                None => {
+                    if let Some(end) = self.unreachable(&reach, reason, local.as_deref()).await {
+                        break end;
                     }
-                    Ok(OnUnreachable::GoAlone) => break Ok(None),
-                    Err(err) => break Err(err),
-                },
+                    shared = Some(now_shared);
+                }
             }
         };
         if lease_uncertain {
@@ -322,6 +273,24 @@ impl Session {
             *fleet.uncertain_lease.lock() = Some(lease);
         }
         outcome
+    }
+
+    /// After a failed coordinator call: `None` (after a short pause) to try again, or how the
+    /// acquisition ends.
+    async fn unreachable(
+        &self,
+        reach: &Reach,
+        reason: RenewReason,
+        local: Option<&CachedToken>,
+    ) -> Option<Acquisition> {
+        match self.on_unreachable(reach, reason, local) {
+            Ok(OnUnreachable::TryAgain) => {
+                tokio::time::sleep(UNREACHABLE_RETRY).await;
+                None
+            }
+            Ok(OnUnreachable::GoAlone) => Some(Ok(None)),
+            Err(err) => Some(Err(err)),
+        }
     }
 
     /// What to do after a failed coordinator call: try again while the grace lasts; renew on

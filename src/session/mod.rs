@@ -36,6 +36,7 @@ mod refresh;
 mod refusals;
 mod renewer;
 mod retry;
+mod seen;
 mod stored;
 
 use std::sync::Arc;
