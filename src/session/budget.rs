@@ -87,21 +87,6 @@ impl CallBudget {
             .and_then(|full_at| full_at.checked_sub(interval));
     }
 
-    /// A budget holding the failed calls made at `calls` (oldest first): the fleet's, as the
-    /// shared session recorded them.
-    pub(super) fn with_calls(per_minute: u32, burst: u32, calls: &[Instant]) -> Self {
-        let mut budget = Self::new(per_minute, burst);
-        for at in calls {
-            budget.charge(*at);
-        }
-        budget
-    }
-
-    /// The failed calls kept from the last minute made after `since`.
-    pub(super) fn calls_after(&self, since: Instant) -> impl Iterator<Item = Instant> + '_ {
-        self.recent.iter().copied().filter(move |at| *at > since)
-    }
-
     /// Takes one failed call at `now` from the budget.
     fn charge(&mut self, now: Instant) {
         let start = self.full_at.filter(|full_at| *full_at > now).unwrap_or(now);
@@ -117,6 +102,50 @@ impl CallBudget {
         if self.recent.len() > self.per_minute as usize {
             self.recent.pop_front();
         }
+    }
+}
+
+/// The fleet's budget for failed calls while this replica renews under the fleet's lease: the
+/// failed calls the shared session recorded, and this renewal's own calls, which it records
+/// there if they fail.
+#[derive(Debug)]
+pub(super) struct FleetCalls {
+    budget: CallBudget,
+    own: Vec<Instant>,
+}
+
+impl FleetCalls {
+    /// A budget holding the fleet's failed calls, made at `recorded` (oldest first).
+    pub(super) fn new(per_minute: u32, burst: u32, recorded: &[Instant]) -> Self {
+        let mut budget = CallBudget::new(per_minute, burst);
+        for at in recorded {
+            budget.charge(*at);
+        }
+        Self {
+            budget,
+            own: Vec::new(),
+        }
+    }
+
+    pub(super) fn wait_at(&self, now: Instant) -> Option<Duration> {
+        self.budget.wait_at(now)
+    }
+
+    pub(super) fn reserve(&mut self, now: Instant) -> Reservation {
+        self.own.push(now);
+        self.budget.reserve(now)
+    }
+
+    pub(super) fn refund(&mut self, reservation: Reservation) {
+        if let Some(at) = self.own.iter().rposition(|t| *t == reservation.0) {
+            self.own.remove(at);
+        }
+        self.budget.refund(reservation);
+    }
+
+    /// This renewal's calls that were not refunded: the failed ones.
+    pub(super) fn own_failed(&self) -> &[Instant] {
+        &self.own
     }
 }
 

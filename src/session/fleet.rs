@@ -25,7 +25,7 @@ use crate::token::{CachedToken, Freshness};
 
 use super::Session;
 use super::acquire::Source;
-use super::budget::CallBudget;
+use super::budget::FleetCalls;
 use super::lease::UnderLease;
 use super::seen::Seen;
 
@@ -58,7 +58,7 @@ pub(crate) struct Fleet {
     /// A lease taken by a call whose answer was lost: asked for again, or released, later.
     pub(super) uncertain_lease: Mutex<Option<Lease>>,
     /// The fleet's failed auth calls while this replica renews under the lease.
-    pub(super) calls: Mutex<Option<CallBudget>>,
+    pub(super) calls: Mutex<Option<FleetCalls>>,
     /// Whether a set sealed under another key was warned about.
     pub(super) warned_foreign_key: AtomicBool,
     /// Whether a shared set of another account was warned about.

@@ -14,7 +14,7 @@ use crate::token::{CachedToken, Freshness, SHARED_UNKNOWN};
 
 use super::Session;
 use super::acquire::Source;
-use super::budget::CallBudget;
+use super::budget::FleetCalls;
 use super::fleet::Fleet;
 use super::pacing::fleet_pause;
 
@@ -169,7 +169,7 @@ impl Session {
             .iter()
             .filter_map(|age| imported.checked_sub(*age))
             .collect();
-        *fleet.calls.lock() = Some(CallBudget::with_calls(per_minute, burst, &calls));
+        *fleet.calls.lock() = Some(FleetCalls::new(per_minute, burst, &calls));
         let budget = self
             .policy
             .acquire_timeout
@@ -186,8 +186,9 @@ impl Session {
         let now = self.clock.now();
         let failed_calls = fleet_calls.map_or_else(Vec::new, |calls| {
             calls
-                .calls_after(imported)
-                .map(|at| now.saturating_duration_since(at))
+                .own_failed()
+                .iter()
+                .map(|at| now.saturating_duration_since(*at))
                 .collect()
         });
         let failures_before = shared.map_or(0, |s| s.failures_in_a_row);
