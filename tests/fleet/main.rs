@@ -410,6 +410,33 @@ fn accounts_are_isolated_and_nothing_secret_is_stored_or_shown() {
 }
 
 #[test]
+fn garbage_under_the_key_is_ignored_with_a_warning_and_replaced() {
+    let Some((redis, rt, iqm)) = setup() else {
+        return;
+    };
+    let shared = || {
+        RedisSession::builder(redis.url())
+            .namespace("garbage")
+            .build()
+            .unwrap()
+    };
+    redis
+        .raw("SET iqm-auth:{garbage}:session not-a-token-set\r\n")
+        .unwrap();
+
+    let first = layer(&iqm, shared());
+    rt.block_on(first.access_token()).unwrap();
+    assert_eq!(first.stats().shared_unreadable, 1);
+    let kind = redis.raw("TYPE iqm-auth:{garbage}:session\r\n").unwrap();
+    assert!(kind.starts_with("+hash"), "replaced by a good set: {kind}");
+
+    let second = layer(&iqm, shared());
+    rt.block_on(second.access_token()).unwrap();
+    assert_eq!(second.stats().shared_adoptions, 1);
+    assert_eq!(iqm.logins(), 1);
+}
+
+#[test]
 fn a_slow_redis_holds_no_request_past_its_command_timeout() {
     let Some((redis, rt, iqm)) = setup() else {
         return;
