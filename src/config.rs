@@ -336,13 +336,6 @@ impl IqmAuthBuilder {
                 .build()
                 .map_err(|e| ConfigError::HttpClient(e.to_string()))?,
         };
-        let shared = self.shared.map(|coordinator| {
-            let scope = coordinator.namespace().map_or_else(
-                || default_scope(&base, workspace_host.as_bytes(), &self.email),
-                str::to_owned,
-            );
-            (coordinator, scope)
-        });
         let account = AccountFingerprint::of(
             &base,
             &self.client_id,
@@ -350,6 +343,15 @@ impl IqmAuthBuilder {
             workspace_host.as_bytes(),
             &self.email,
         );
+        // Each account's shared session lives under its fingerprint: a namespace only groups,
+        // so accounts given one namespace never share a set.
+        let shared = self.shared.map(|coordinator| {
+            let scope = match coordinator.namespace() {
+                Some(namespace) => format!("{namespace}.{}", account.as_str()),
+                None => account.as_str().to_owned(),
+            };
+            (coordinator, scope)
+        });
         IqmAuth::new(Config {
             account,
             base,
@@ -411,26 +413,6 @@ impl IqmAuthBuilder {
         }
         Ok(builder)
     }
-}
-
-/// The scope a shared session lives under when the user names none: a hash of the account's
-/// identity, so that two accounts on one Redis never share a session and key names hold no
-/// address or user name.
-fn default_scope(base: &Url, workspace_host: &[u8], email: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    for part in [
-        base.as_str().as_bytes(),
-        workspace_host,
-        email.trim().as_bytes(),
-    ] {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part);
-    }
-    hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn require(what: &'static str, blank: bool) -> Result<(), ConfigError> {

@@ -69,7 +69,10 @@ pub use auth_api::AuthApi;
 pub use clock::{Clock, SystemClock};
 pub use config::IqmAuthBuilder;
 pub use error::{AuthEndpoint, AuthError, ConfigError, FailureClass, IqmMessage};
-pub use fleet::{CoordinatorError, Lease, MemoryCoordinator, SessionCoordinator, SharedTokens};
+pub use fleet::{
+    CoordinatorError, Failure, Lease, MemoryCoordinator, Publication, SessionCoordinator,
+    SharedTokens,
+};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use fleet::{RedisSession, RedisSessionBuilder};

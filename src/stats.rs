@@ -98,9 +98,12 @@ pub struct Stats {
     pub unauthorized_not_renewed: u64,
     /// Token sets taken from the fleet's shared session, renewed by another replica.
     pub shared_adoptions: u64,
-    /// Calls to the fleet's shared session (Redis) that failed or timed out; the layer then
-    /// renews on its own.
+    /// Calls to the fleet's shared session (Redis) that failed or timed out. A renewal tries
+    /// again while it waits; see [`renewed_alone`](Self::renewed_alone).
     pub shared_errors: u64,
+    /// Renewals this replica made on its own because the fleet's shared session stayed out of
+    /// reach (or holds a set sealed under a key it does not hold).
+    pub renewed_alone: u64,
     /// Times the shared session held something this replica could not read (a foreign
     /// format, or a set encrypted under another key).
     pub shared_unreadable: u64,
@@ -132,6 +135,7 @@ pub(crate) struct Counters {
     sign_ups: AtomicU64,
     shared_adoptions: AtomicU64,
     shared_errors: AtomicU64,
+    renewed_alone: AtomicU64,
     shared_unreadable: AtomicU64,
     foreign_sessions_ignored: AtomicU64,
 }
@@ -218,6 +222,11 @@ impl Counters {
         publish::count("iqm_auth_shared_errors_total", None);
     }
 
+    pub(crate) fn renewed_alone(&self) {
+        self.renewed_alone.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_renewed_alone_total", None);
+    }
+
     pub(crate) fn shared_unreadable(&self) {
         self.shared_unreadable.fetch_add(1, Relaxed);
         publish::count("iqm_auth_shared_unreadable_total", None);
@@ -271,6 +280,7 @@ impl Counters {
             unauthorized_not_renewed: self.unauthorized_not_renewed.load(Relaxed),
             shared_adoptions: self.shared_adoptions.load(Relaxed),
             shared_errors: self.shared_errors.load(Relaxed),
+            renewed_alone: self.renewed_alone.load(Relaxed),
             shared_unreadable: self.shared_unreadable.load(Relaxed),
             foreign_sessions_ignored: self.foreign_sessions_ignored.load(Relaxed),
             logouts: self.logouts.load(Relaxed),

@@ -173,9 +173,15 @@ pub(crate) struct CachedToken {
     /// that renewal instead of sending the token again. Cleared if the renewal fails.
     refused: AtomicBool,
     /// The generation of the fleet's shared session this token came from or was published as
-    /// (0: this replica's own).
+    /// (0: this replica's own; [`SHARED_UNKNOWN`]: shared, or possibly shared, under a
+    /// generation this replica does not know).
     shared_generation: AtomicU64,
 }
+
+/// The shared generation of a token that was, or may have been, shared with the fleet under a
+/// generation this replica does not know: a publication whose answer was lost, or a set resumed
+/// from the token store. Such a token's refresh token is never presented by this replica alone.
+pub(crate) const SHARED_UNKNOWN: u64 = u64::MAX;
 
 impl CachedToken {
     pub(crate) fn new(

@@ -3,31 +3,39 @@
 //!
 //! The protocol, kept by every coordinator:
 //! - The shared set carries a generation that only ever grows (a logout removes the set but
-//!   keeps counting), so a replica tells a set other than its own by the number alone.
-//! - One replica at a time holds the lease, the right to renew; the others wait for its set; it expires by itself, so a
-//!   crashed holder does not wedge the fleet. Each lease has a fencing value of its own.
+//!   keeps counting), so a replica tells a set other than its own by the number alone. Each
+//!   replica remembers the highest generation it has seen: a shared set below it was restored
+//!   from an older copy (a snapshot, a lagging replica) and its refresh token may have been
+//!   spent, so it is never refreshed, and the next set is published above every generation seen.
+//! - One replica at a time holds the lease, the right to renew; the others wait for its set; it
+//!   expires by itself, so a crashed holder does not wedge the fleet. The replica chooses the
+//!   lease's fencing value, so after a call whose answer was lost it can recognise (or release)
+//!   a lease it may hold.
 //! - A set is published only by the lease's holder, and only if the shared generation is still
 //!   the one it renewed from: a holder whose lease ran out cannot overwrite a newer set.
 //! - Before presenting a refresh token, the holder marks the set "refreshing"; a replica that
 //!   takes over a set so marked logs in instead, so a rotated refresh token is never presented
 //!   twice.
-//! - A holder whose renewal failed pauses the fleet's renewals, so an outage costs the auth
-//!   calls of one replica, not of every replica in turn.
+//! - A holder whose renewal failed records its failed auth calls and pauses the fleet's
+//!   renewals, longer with each failure in a row: the next holder starts from the fleet's count,
+//!   so an outage costs the auth calls of one process, not of every replica in turn.
+//! - Expiry is shared as a remaining lifetime on the coordinator's clock, so replicas whose
+//!   clocks differ agree on when a set expires.
 
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
 mod seal;
 
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod memory;
 
-use parking_lot::Mutex;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::store::StoredTokens;
 
+pub use self::memory::MemoryCoordinator;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisSession, RedisSessionBuilder};
 
@@ -40,13 +48,24 @@ pub struct SharedTokens {
     /// The token set, `None` when there is none (never published, logged out) or it cannot be
     /// read (a foreign format, or encrypted with another key).
     pub tokens: Option<StoredTokens>,
+    /// How long the set's access token still lives, measured on the coordinator's clock when it
+    /// keeps one: it takes the place of the set's wall-clock expiry, which is only as right as
+    /// the clock of the machine that published it.
+    pub expires_in: Option<Duration>,
     /// Whether the holder of the lease was about to present this set's refresh token: it may
     /// have been spent, so it is not presented again.
     pub refreshing: bool,
     /// Whether something was stored that could not be read as a token set.
     pub unreadable: bool,
+    /// Whether the set is sealed under an encryption key this replica does not hold: it renews
+    /// on its own and never writes over that set.
+    pub foreign_key: bool,
     /// How long the fleet's renewals still pause after the last holder's renewal failed.
     pub paused_for: Option<Duration>,
+    /// How many holders' renewals failed in a row since the last published set.
+    pub failures_in_a_row: u32,
+    /// How long ago each failed auth call the fleet recorded in the last minute was sent.
+    pub recent_failed_calls: Vec<Duration>,
 }
 
 impl SharedTokens {
@@ -55,13 +74,18 @@ impl SharedTokens {
         Self {
             generation,
             tokens,
+            expires_in: None,
             refreshing,
             unreadable: false,
+            foreign_key: false,
             paused_for: None,
+            failures_in_a_row: 0,
+            recent_failed_calls: Vec::new(),
         }
     }
 
     /// The same, with the fleet's renewals paused for `pause` more.
+    #[must_use]
     pub fn paused(self, pause: Duration) -> Self {
         Self {
             paused_for: (!pause.is_zero()).then_some(pause),
@@ -69,14 +93,39 @@ impl SharedTokens {
         }
     }
 
+    /// The same, its access token living `expires_in` more on the coordinator's clock.
+    #[must_use]
+    pub fn expiring_in(self, expires_in: Duration) -> Self {
+        Self {
+            expires_in: Some(expires_in),
+            ..self
+        }
+    }
+
+    /// The same, with the fleet's record of failures: renewals failed in a row, and the ages of
+    /// the failed auth calls of the last minute.
+    #[must_use]
+    pub fn with_failures(self, in_a_row: u32, recent_failed_calls: Vec<Duration>) -> Self {
+        Self {
+            failures_in_a_row: in_a_row,
+            recent_failed_calls,
+            ..self
+        }
+    }
+
     /// A shared session holding something that is not a token set this layer can read.
     pub fn unreadable(generation: u64) -> Self {
         Self {
-            generation,
-            tokens: None,
-            refreshing: false,
             unreadable: true,
-            paused_for: None,
+            ..Self::new(generation, None, false)
+        }
+    }
+
+    /// A shared session holding a set sealed under a key this replica does not hold.
+    pub fn sealed_with_another_key(generation: u64) -> Self {
+        Self {
+            foreign_key: true,
+            ..Self::unreadable(generation)
         }
     }
 }
@@ -84,8 +133,58 @@ impl SharedTokens {
 /// The right to renew the shared session, held by one replica at a time until it expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The fencing value: unique to this taking of the lease.
+    /// The fencing value, chosen by the replica that asks for the lease: unique to this taking
+    /// of the lease, so that a replica that did not hear whether it got the lease can tell (and
+    /// release) it.
     pub fence: String,
+}
+
+impl Lease {
+    /// A lease value no other replica or taking uses: this process's random name and a counter.
+    pub fn unique() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let taking = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self {
+            fence: format!("{}:{taking}", process_name()),
+        }
+    }
+}
+
+/// A name for this process, different between processes and runs.
+fn process_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        use std::hash::{BuildHasher, RandomState};
+        let random =
+            RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()));
+        format!("{:x}-{random:016x}", std::process::id())
+    })
+}
+
+/// A token set the lease's holder publishes to the fleet.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Publication {
+    /// The shared generation the holder renewed from: the set is published only if it is still
+    /// the shared one.
+    pub expected: u64,
+    /// The highest generation the holder has seen: the new generation is above it and above
+    /// the shared one, so a set restored from an older copy is never numbered like a newer one.
+    pub floor: u64,
+    /// The token set.
+    pub tokens: StoredTokens,
+    /// How long its access token lives from now.
+    pub expires_in: Duration,
+}
+
+/// What the lease's holder records after its renewal failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Failure {
+    /// How long the fleet's renewals pause.
+    pub pause: Duration,
+    /// How long ago each failed auth call of the renewal was sent.
+    pub failed_calls: Vec<Duration>,
 }
 
 /// Why a coordinator could not be reached or did not answer.
@@ -98,12 +197,13 @@ pub struct CoordinatorError(pub String);
 /// tests). Every method takes the `scope` the session lives under: one per IQM account.
 ///
 /// The layer consults it only when it needs a token (none cached, due for renewal, or answered
-/// 401), never on the hot path. Each call is given a short timeout, and a coordinator that fails
-/// is logged once per outage and bypassed: each replica then renews on its own.
+/// 401), never on the hot path. Each call is given a short timeout. A coordinator that fails is
+/// logged once per outage and retried while the replica waits for a token; a replica renews on
+/// its own only when the coordinator stayed unreachable, and then never refreshes a shared set.
 #[async_trait::async_trait]
 pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
-    /// The scope set by the user, if any; otherwise the layer derives one from its base URL,
-    /// workspace host and user.
+    /// The name the user set, if any: it groups the sessions of the accounts that use it (each
+    /// account still has a session of its own under it).
     fn namespace(&self) -> Option<&str>;
 
     /// How long a lease lasts.
@@ -112,8 +212,19 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
     /// The shared session, or `None` if nothing was ever stored.
     async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError>;
 
-    /// Takes the lease if no one holds it.
-    async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError>;
+    /// The shared generation alone (0 if nothing was ever stored), for waiting cheaply. The
+    /// default reads the whole session.
+    async fn generation(&self, scope: &str) -> Result<u64, CoordinatorError> {
+        Ok(self
+            .read(scope)
+            .await?
+            .map_or(0, |shared| shared.generation))
+    }
+
+    /// Takes `lease` if no one holds it, or if it is already this one (a replica that did not
+    /// hear the answer to an earlier try asks again with the same lease). Returns whether the
+    /// lease is held.
+    async fn try_lease(&self, scope: &str, lease: &Lease) -> Result<bool, CoordinatorError>;
 
     /// Marks the set of `generation` as "refreshing", if `lease` is still held and the shared
     /// generation is still `generation`. Returns whether it did.
@@ -124,31 +235,34 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
         generation: u64,
     ) -> Result<bool, CoordinatorError>;
 
-    /// Publishes `tokens` as the next generation, if `lease` is still held and the shared
-    /// generation is still `expected`. Returns the new generation, or `None` if either was not.
+    /// Publishes a set as the next generation, above both the shared generation and
+    /// [`Publication::floor`], if `lease` is still held, the shared generation is still
+    /// [`Publication::expected`], and the set there is one this coordinator may replace.
+    /// Returns the new generation, or `None` if not.
     async fn publish(
         &self,
         scope: &str,
         lease: &Lease,
-        expected: u64,
-        tokens: &StoredTokens,
+        publication: &Publication,
     ) -> Result<Option<u64>, CoordinatorError>;
 
-    /// Pauses the fleet's renewals for `pause` after the holder of `lease` failed to renew, if
-    /// it still holds the lease: until then, replicas that need a token fail at once instead of
-    /// calling IQM, so a fleet in an outage spends the auth calls of one replica, not of all.
-    /// A published set ends the pause.
-    async fn pause(
+    /// Records that the holder of `lease` failed to renew, if it still holds the lease: counts
+    /// the failure in a row and its failed calls, and pauses the fleet's renewals for
+    /// [`Failure::pause`]. Until then, replicas that need a token fail at once instead of
+    /// calling IQM. A published set ends the pause and the count in a row; the failed calls stay
+    /// counted for a minute.
+    async fn record_failure(
         &self,
         scope: &str,
         lease: &Lease,
-        pause: Duration,
+        failure: &Failure,
     ) -> Result<(), CoordinatorError>;
 
     /// Waits until the shared generation differs from `seen` (another replica published, or
     /// logged out), for at most `timeout`, and returns the shared session as it then stands.
-    /// The default looks every 25 ms, doubling to 400 ms; a coordinator with a way to be told
-    /// (pub/sub, say) may answer sooner.
+    /// The default polls [`generation`](Self::generation) every 25 ms, doubling to 400 ms, and
+    /// reads the session once it changed; a coordinator with a way to be told (pub/sub, say)
+    /// may answer sooner.
     async fn wait_for_newer(
         &self,
         scope: &str,
@@ -158,10 +272,9 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut poll = Duration::from_millis(25);
         loop {
-            let shared = self.read(scope).await?;
             let now = tokio::time::Instant::now();
-            if shared.as_ref().map_or(0, |s| s.generation) != seen || now >= deadline {
-                return Ok(shared);
+            if self.generation(scope).await? != seen || now >= deadline {
+                return self.read(scope).await;
             }
             tokio::time::sleep(poll.min(deadline - now)).await;
             poll = (poll * 2).min(Duration::from_millis(400));
@@ -175,169 +288,6 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
     async fn clear(&self, scope: &str) -> Result<(), CoordinatorError>;
 }
 
-/// A [`SessionCoordinator`] in memory: layers in one process that share it share one session.
-/// For tests of code that runs with a shared session; across processes use [`RedisSession`].
-/// Its leases expire on the real monotonic clock (`std::time::Instant`), not on tokio's: under
-/// paused time they never run out.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
-/// use iqm_auth::MemoryCoordinator;
-///
-/// let fleet = MemoryCoordinator::default();
-/// let first = iqm.auth_builder().shared_session(fleet.clone()).build()?;
-/// let second = iqm.auth_builder().shared_session(fleet).build()?;
-/// first.access_token().await?;
-/// second.access_token().await?; // takes the shared session: no login of its own
-/// assert_eq!(iqm.logins(), 1);
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone)]
-pub struct MemoryCoordinator {
-    scopes: Arc<Mutex<HashMap<String, MemoryScope>>>,
-    lease_ttl: Duration,
-}
-
-#[derive(Debug, Default)]
-struct MemoryScope {
-    generation: u64,
-    tokens: Option<StoredTokens>,
-    refreshing: bool,
-    paused_until: Option<Instant>,
-    lease: Option<(String, Instant)>,
-    fences: u64,
-}
-
-impl MemoryScope {
-    fn holds(&self, lease: &Lease) -> bool {
-        self.lease
-            .as_ref()
-            .is_some_and(|(fence, until)| *fence == lease.fence && Instant::now() < *until)
-    }
-}
-
-impl Default for MemoryCoordinator {
-    fn default() -> Self {
-        Self::new(DEFAULT_LEASE_TTL)
-    }
-}
-
 /// How long a lease lasts unless set otherwise: longer than the default acquisition budget
 /// (15 s), so a holder never loses its lease while it still works within its budget.
 pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(20);
-
-impl MemoryCoordinator {
-    /// A coordinator whose leases last `lease_ttl`.
-    pub fn new(lease_ttl: Duration) -> Self {
-        Self {
-            scopes: Arc::default(),
-            lease_ttl,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl SessionCoordinator for MemoryCoordinator {
-    fn namespace(&self) -> Option<&str> {
-        None
-    }
-
-    fn lease_ttl(&self) -> Duration {
-        self.lease_ttl
-    }
-
-    async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
-        let scopes = self.scopes.lock();
-        let now = Instant::now();
-        Ok(scopes.get(scope).map(|s| {
-            let pause = s
-                .paused_until
-                .map_or(Duration::ZERO, |until| until - now.min(until));
-            SharedTokens::new(s.generation, s.tokens.clone(), s.refreshing).paused(pause)
-        }))
-    }
-
-    async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
-        let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
-        let now = Instant::now();
-        if state.lease.as_ref().is_some_and(|(_, until)| now < *until) {
-            return Ok(None);
-        }
-        state.fences += 1;
-        let fence = format!("memory:{}", state.fences);
-        state.lease = Some((fence.clone(), now + self.lease_ttl));
-        Ok(Some(Lease { fence }))
-    }
-
-    async fn mark_refreshing(
-        &self,
-        scope: &str,
-        lease: &Lease,
-        generation: u64,
-    ) -> Result<bool, CoordinatorError> {
-        let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
-        let marked = state.holds(lease) && state.generation == generation;
-        if marked {
-            state.refreshing = true;
-        }
-        Ok(marked)
-    }
-
-    async fn publish(
-        &self,
-        scope: &str,
-        lease: &Lease,
-        expected: u64,
-        tokens: &StoredTokens,
-    ) -> Result<Option<u64>, CoordinatorError> {
-        let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
-        if !state.holds(lease) || state.generation != expected {
-            return Ok(None);
-        }
-        state.generation += 1;
-        state.tokens = Some(tokens.clone());
-        state.refreshing = false;
-        state.paused_until = None;
-        Ok(Some(state.generation))
-    }
-
-    async fn pause(
-        &self,
-        scope: &str,
-        lease: &Lease,
-        pause: Duration,
-    ) -> Result<(), CoordinatorError> {
-        let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
-        if state.holds(lease) {
-            state.paused_until = Instant::now().checked_add(pause);
-        }
-        Ok(())
-    }
-
-    async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError> {
-        let mut scopes = self.scopes.lock();
-        if let Some(state) = scopes.get_mut(scope) {
-            if state.holds(lease) {
-                state.lease = None;
-            }
-        }
-        Ok(())
-    }
-
-    async fn clear(&self, scope: &str) -> Result<(), CoordinatorError> {
-        let mut scopes = self.scopes.lock();
-        let state = scopes.entry(scope.to_owned()).or_default();
-        state.generation += 1;
-        state.tokens = None;
-        state.refreshing = false;
-        state.paused_until = None;
-        Ok(())
-    }
-}

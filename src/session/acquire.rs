@@ -54,6 +54,7 @@ impl Session {
                     store_turn: None,
                 });
             }
+            self.counters.renewed_alone();
         }
         let budget = self.policy.acquire_timeout;
         tokio::time::timeout(budget, self.acquire_on_own(reason, logout_epoch))

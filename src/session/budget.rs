@@ -87,6 +87,21 @@ impl CallBudget {
             .and_then(|full_at| full_at.checked_sub(interval));
     }
 
+    /// A budget holding the failed calls made at `calls` (oldest first): the fleet's, as the
+    /// shared session recorded them.
+    pub(super) fn with_calls(per_minute: u32, burst: u32, calls: &[Instant]) -> Self {
+        let mut budget = Self::new(per_minute, burst);
+        for at in calls {
+            budget.charge(*at);
+        }
+        budget
+    }
+
+    /// The failed calls kept from the last minute made after `since`.
+    pub(super) fn calls_after(&self, since: Instant) -> impl Iterator<Item = Instant> + '_ {
+        self.recent.iter().copied().filter(move |at| *at > since)
+    }
+
     /// Takes one failed call at `now` from the budget.
     fn charge(&mut self, now: Instant) {
         let start = self.full_at.filter(|full_at| *full_at > now).unwrap_or(now);

@@ -1,14 +1,21 @@
 //! A renewal through the fleet's shared session: take a set another replica renewed, or take
-//! the lease and renew for everyone, or wait for the replica that holds it. Only renewals come
-//! here; the hot path never does.
+//! the lease and renew for everyone (see [`lease`](super::lease)), or wait for the replica that
+//! holds it. Only renewals come here; the hot path never does.
+//!
+//! Redis is not IQM: a replica that cannot reach the coordinator keeps trying while it waits,
+//! and renews on its own only once the coordinator stayed out of reach for
+//! [`UNREACHABLE_GRACE`] (at once when it was already out of reach before this renewal). A
+//! proactive renewal, whose token is still valid, keeps serving it and tries again later.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use parking_lot::Mutex;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::AuthError;
@@ -18,7 +25,8 @@ use crate::token::{CachedToken, Freshness};
 
 use super::Session;
 use super::acquire::Source;
-use super::pacing::fleet_pause;
+use super::budget::CallBudget;
+use super::lease::UnderLease;
 
 /// The longest one wait for another replica's set lasts before the lease is tried again (its
 /// holder may have crashed).
@@ -28,21 +36,35 @@ const WAIT_SLICE: Duration = Duration::from_secs(1);
 /// coordinator that hangs must not hold a request. Longer than [`WAIT_SLICE`].
 const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
 
-/// How a renewal under the lease ended.
-enum UnderLease {
-    Acquired((Arc<CachedToken>, Source)),
-    /// The coordinator failed: renew on this replica's own.
-    Unavailable,
-    /// The lease ran out or the shared set moved on before the refresh: start over.
-    LookAgain,
-}
+/// How long the coordinator must stay out of reach before a replica that needs a token renews
+/// on its own: a stall (a fork, a failover) shorter than this costs no login.
+pub(super) const UNREACHABLE_GRACE: Duration = Duration::from_secs(2);
+
+/// The pause between tries of a coordinator that did not answer.
+const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
 
 /// The fleet's coordinator, as one session uses it.
 pub(crate) struct Fleet {
-    coordinator: Arc<dyn SessionCoordinator>,
-    scope: String,
-    /// Whether the last call failed: an outage is logged once, not once per renewal.
+    pub(super) coordinator: Arc<dyn SessionCoordinator>,
+    pub(super) scope: String,
+    /// Whether the last call failed: an outage is logged once, not once per renewal, and a
+    /// renewal that starts in a known outage does not wait for the coordinator.
     down: AtomicBool,
+    /// The highest shared generation this replica has seen: a shared set below it was restored
+    /// from an older copy, and its refresh token may have been spent.
+    seen: AtomicU64,
+    /// The highest shared generation of a session this replica logged out of.
+    pub(super) ended: AtomicU64,
+    /// Whether a logout's clear did not land: it is made before the next renewal reads.
+    owed_clear: AtomicBool,
+    /// A lease taken by a call whose answer was lost: asked for again, or released, later.
+    pub(super) uncertain_lease: Mutex<Option<Lease>>,
+    /// The fleet's failed auth calls while this replica renews under the lease.
+    pub(super) calls: Mutex<Option<CallBudget>>,
+    /// Whether a set sealed under another key was warned about.
+    pub(super) warned_foreign_key: AtomicBool,
+    /// Whether a shared set of another account was warned about.
+    pub(super) warned_foreign_account: AtomicBool,
 }
 
 impl Fleet {
@@ -51,7 +73,24 @@ impl Fleet {
             coordinator,
             scope,
             down: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            owed_clear: AtomicBool::new(false),
+            uncertain_lease: Mutex::new(None),
+            calls: Mutex::new(None),
+            warned_foreign_key: AtomicBool::new(false),
+            warned_foreign_account: AtomicBool::new(false),
         }
+    }
+
+    /// The highest shared generation this replica has seen.
+    pub(super) fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Notes a shared generation seen.
+    pub(super) fn saw(&self, generation: u64) {
+        self.seen.fetch_max(generation, Ordering::Relaxed);
     }
 }
 
@@ -64,13 +103,32 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+/// What a replica does when a coordinator call failed.
+enum OnUnreachable {
+    TryAgain,
+    GoAlone,
+}
+
+/// How far one acquisition got with the coordinator.
+struct Reach {
+    started: Instant,
+    /// When the current run of failed calls began.
+    failing_since: Option<Instant>,
+    /// Whether the coordinator was known to be out of reach when the acquisition began.
+    down_at_start: bool,
+    /// Whether any call of this acquisition succeeded.
+    reached: bool,
+}
+
 impl Session {
     /// A token through the shared session, or `Ok(None)` when the coordinator cannot be used
     /// and this replica must renew on its own.
     ///
     /// Invariants: a replica waits for another's renewal at most the lease TTL plus the
-    /// acquisition budget; it never presents a refresh token marked as possibly spent; and it
-    /// publishes only under the lease, from the generation it renewed.
+    /// acquisition budget; it never presents a refresh token marked as possibly spent, nor one
+    /// of a set older than a generation it has seen; it publishes only under the lease, from the
+    /// generation it renewed; and it renews on its own only after the coordinator stayed out of
+    /// reach for [`UNREACHABLE_GRACE`].
     pub(super) async fn acquire_shared(
         &self,
         fleet: &Fleet,
@@ -79,204 +137,180 @@ impl Session {
     ) -> Result<Option<(Arc<CachedToken>, Source)>, AuthError> {
         let local = self.current.load_full();
         let patience = fleet.coordinator.lease_ttl() + self.policy.acquire_timeout;
-        let started = tokio::time::Instant::now();
-        let Some(mut shared) = self
-            .coordinate(fleet, fleet.coordinator.read(&fleet.scope))
-            .await
-        else {
-            return Ok(None);
+        let mut reach = Reach {
+            started: Instant::now(),
+            failing_since: None,
+            down_at_start: fleet.down.load(Ordering::Relaxed),
+            reached: false,
         };
-        loop {
-            if let Some(token) = self.adoptable(shared.as_ref(), local.as_deref(), reason) {
-                return Ok(Some((token, Source::Shared)));
+        // One lease value for the whole acquisition, or the one an earlier call may have taken.
+        let lease = fleet
+            .uncertain_lease
+            .lock()
+            .take()
+            .unwrap_or_else(Lease::unique);
+        let mut lease_uncertain = false;
+        let mut shared: Option<Option<SharedTokens>> = None;
+        let outcome = loop {
+            if shared.is_none() && fleet.owed_clear.load(Ordering::Relaxed) {
+                let cleared = self
+                    .reach(fleet, &mut reach, fleet.coordinator.clear(&fleet.scope))
+                    .await;
+                if cleared.is_some() {
+                    fleet.owed_clear.store(false, Ordering::Relaxed);
+                    info!("ended the shared IQM session a logout could not reach");
+                }
             }
-            if let Some(retry_after) = shared.as_ref().and_then(|s| s.paused_for) {
+            let now_shared = match shared.take() {
+                Some(known) => known,
+                None => match self
+                    .reach(fleet, &mut reach, fleet.coordinator.read(&fleet.scope))
+                    .await
+                {
+                    Some(read) => read,
+                    None => match self.on_unreachable(&reach, reason, local.as_deref()) {
+                        Ok(OnUnreachable::TryAgain) => {
+                            tokio::time::sleep(UNREACHABLE_RETRY).await;
+                            continue;
+                        }
+                        Ok(OnUnreachable::GoAlone) => break Ok(None),
+                        Err(err) => break Err(err),
+                    },
+                },
+            };
+            if let Some(s) = &now_shared {
+                fleet.saw(s.generation);
+                if s.foreign_key {
+                    self.warn_foreign_key(fleet);
+                    break Ok(None);
+                }
+            }
+            if let Some(token) =
+                self.adoptable(fleet, now_shared.as_ref(), local.as_deref(), reason)
+            {
+                break Ok(Some((token, Source::Shared)));
+            }
+            if let Some(retry_after) = now_shared.as_ref().and_then(|s| s.paused_for) {
                 debug!(
                     ?retry_after,
                     "the fleet's renewals pause after a failed renewal"
                 );
-                return Err(AuthError::CallBudgetExhausted { retry_after });
+                break Err(AuthError::CallBudgetExhausted { retry_after });
             }
-            let Some(lease) = self
-                .coordinate(fleet, fleet.coordinator.try_lease(&fleet.scope))
-                .await
-            else {
-                return Ok(None);
-            };
-            if let Some(lease) = lease {
-                let renewed = self
-                    .renew_under_lease(fleet, &lease, reason, local.as_deref(), logout_epoch)
-                    .await;
-                self.coordinate(fleet, fleet.coordinator.release(&fleet.scope, &lease))
-                    .await;
-                match renewed? {
-                    UnderLease::Acquired(acquired) => return Ok(Some(acquired)),
-                    UnderLease::Unavailable => return Ok(None),
-                    UnderLease::LookAgain => {}
-                }
-            }
-            let waited = started.elapsed();
-            if waited >= patience {
-                return Err(AuthError::BudgetExhausted(patience));
-            }
-            debug!("another replica renews the shared IQM session; waiting for its set");
-            let seen = shared.as_ref().map_or(0, |s| s.generation);
-            let slice = (patience - waited).min(WAIT_SLICE);
-            let Some(newer) = self
-                .coordinate(
+            let taken = self
+                .reach(
                     fleet,
-                    fleet.coordinator.wait_for_newer(&fleet.scope, seen, slice),
-                )
-                .await
-            else {
-                return Ok(None);
-            };
-            shared = newer;
-        }
-    }
-
-    /// The renewal of the replica that holds the lease, for the whole fleet.
-    async fn renew_under_lease(
-        &self,
-        fleet: &Fleet,
-        lease: &Lease,
-        reason: RenewReason,
-        local: Option<&CachedToken>,
-        logout_epoch: u64,
-    ) -> Result<UnderLease, AuthError> {
-        // Another replica may have published between the first look and the lease.
-        let Some(shared) = self
-            .coordinate(fleet, fleet.coordinator.read(&fleet.scope))
-            .await
-        else {
-            return Ok(UnderLease::Unavailable);
-        };
-        if let Some(token) = self.adoptable(shared.as_ref(), local, reason) {
-            return Ok(UnderLease::Acquired((token, Source::Shared)));
-        }
-        if let Some(shared) = shared.as_ref().filter(|s| s.unreadable) {
-            self.counters.shared_unreadable();
-            warn!(
-                generation = shared.generation,
-                "the shared IQM session holds something this replica cannot read (another format or encryption key); renewing and replacing it"
-            );
-        }
-        let expected = shared.as_ref().map_or(0, |s| s.generation);
-        let shared_set = shared
-            .as_ref()
-            .and_then(|s| s.tokens.clone())
-            .and_then(|tokens| self.cached_from_stored(tokens));
-        let base = match &shared {
-            Some(shared) if shared.refreshing => {
-                info!(
-                    "the last holder of the lease may have spent the shared refresh token; logging in"
-                );
-                None
-            }
-            Some(SharedTokens {
-                tokens: Some(_), ..
-            }) => shared_set.as_deref(),
-            // No shared set: a token this replica obtained on its own (during an outage) is
-            // renewed from; one taken from a shared set that is gone (a logout) is not.
-            _ => local.filter(|local| local.shared_generation() == 0),
-        };
-        if base.is_some_and(|b| b.refresh_token.is_some()) {
-            let marked = self
-                .coordinate(
-                    fleet,
-                    fleet
-                        .coordinator
-                        .mark_refreshing(&fleet.scope, lease, expected),
+                    &mut reach,
+                    fleet.coordinator.try_lease(&fleet.scope, &lease),
                 )
                 .await;
-            match marked {
-                Some(true) => {}
-                // The lease ran out, or the set moved on: look again.
-                Some(false) => return Ok(UnderLease::LookAgain),
-                None => return Ok(UnderLease::Unavailable),
-            }
-        }
-        let budget = self
-            .policy
-            .acquire_timeout
-            .min(fleet.coordinator.lease_ttl());
-        let obtained =
-            tokio::time::timeout(budget, self.obtain_from_iqm(reason, base, logout_epoch))
-                .await
-                .unwrap_or(Err(AuthError::BudgetExhausted(budget)));
-        let token = match obtained {
-            Ok(token) => token,
-            Err(err) => {
-                let pause = fleet_pause(&err, &self.policy);
-                if !pause.is_zero() {
-                    self.coordinate(fleet, fleet.coordinator.pause(&fleet.scope, lease, pause))
+            match taken {
+                Some(true) => {
+                    lease_uncertain = false;
+                    let renewed = self
+                        .renew_under_lease(fleet, &lease, reason, local.as_ref(), logout_epoch)
                         .await;
+                    self.coordinate(fleet, fleet.coordinator.release(&fleet.scope, &lease))
+                        .await;
+                    match renewed {
+                        Ok(UnderLease::Acquired(acquired)) => break Ok(Some(acquired)),
+                        Ok(UnderLease::Unavailable) => break Ok(None),
+                        Ok(UnderLease::LookAgain) => {}
+                        Err(err) => break Err(err),
+                    }
                 }
-                return Err(err);
+                Some(false) => {}
+                None => {
+                    // The lease may have been taken without this replica hearing it.
+                    lease_uncertain = true;
+                    match self.on_unreachable(&reach, reason, local.as_deref()) {
+                        Ok(OnUnreachable::TryAgain) => {
+                            tokio::time::sleep(UNREACHABLE_RETRY).await;
+                            shared = Some(now_shared);
+                            continue;
+                        }
+                        Ok(OnUnreachable::GoAlone) => break Ok(None),
+                        Err(err) => break Err(err),
+                    }
+                }
+            }
+            let waited = reach.started.elapsed();
+            if waited >= patience {
+                break Err(AuthError::BudgetExhausted(patience));
+            }
+            debug!("another replica renews the shared IQM session; waiting for its set");
+            let seen = now_shared.as_ref().map_or(0, |s| s.generation);
+            let slice = (patience - waited).min(WAIT_SLICE);
+            let newer = self
+                .reach(
+                    fleet,
+                    &mut reach,
+                    fleet.coordinator.wait_for_newer(&fleet.scope, seen, slice),
+                )
+                .await;
+            match newer {
+                Some(newer) => shared = Some(newer),
+                None => match self.on_unreachable(&reach, reason, local.as_deref()) {
+                    Ok(OnUnreachable::TryAgain) => {
+                        tokio::time::sleep(UNREACHABLE_RETRY).await;
+                        shared = Some(now_shared);
+                    }
+                    Ok(OnUnreachable::GoAlone) => break Ok(None),
+                    Err(err) => break Err(err),
+                },
             }
         };
-        let stored = self.stored_from_cached(&token);
-        // Under the publishing lock, which a logout holds from clearing the shared set to
-        // moving the epoch on: a renewal it fenced off publishes nothing to the fleet either.
-        let publishing = self.publishing.lock().await;
-        self.fenced(logout_epoch)?;
-        let published = self
-            .coordinate(
-                fleet,
-                fleet
-                    .coordinator
-                    .publish(&fleet.scope, lease, expected, &stored),
-            )
-            .await;
-        drop(publishing);
-        match published {
-            Some(Some(generation)) => {
-                token.set_shared_generation(generation);
-                debug!(generation, "published the new IQM token set to the fleet");
-            }
-            Some(None) => {
-                warn!(
-                    "the lease ran out before the new IQM token set was published; keeping it on this replica"
-                );
-            }
-            None => {}
+        if lease_uncertain {
+            // Asked for again by the next renewal, which recognises it if it was taken.
+            *fleet.uncertain_lease.lock() = Some(lease);
         }
-        Ok(UnderLease::Acquired((token, Source::Iqm)))
+        outcome
     }
 
-    /// The shared set as this replica's token, if it is one this replica should take: readable,
-    /// not the one it already has, and fresh enough for why it renews (a proactive renewal wants
-    /// a set not itself due for renewal).
-    fn adoptable(
+    /// What to do after a failed coordinator call: try again while the grace lasts; renew on
+    /// this replica's own once it is over (or at once in a known outage); and for a proactive
+    /// renewal whose token is still valid, stop here and keep serving it.
+    fn on_unreachable(
         &self,
-        shared: Option<&SharedTokens>,
-        local: Option<&CachedToken>,
+        reach: &Reach,
         reason: RenewReason,
-    ) -> Option<Arc<CachedToken>> {
-        let shared = shared?;
-        let tokens = shared.tokens.as_ref()?;
-        if local.is_some_and(|local| {
-            local.shared_generation() == shared.generation
-                || local.access_token == tokens.access_token
-        }) {
-            return None;
+        local: Option<&CachedToken>,
+    ) -> Result<OnUnreachable, AuthError> {
+        let valid = local.is_some_and(|token| {
+            !token.was_refused()
+                && token.deadlines.freshness(self.clock.now()) != Freshness::Expired
+        });
+        if reason == RenewReason::Proactive && valid {
+            debug!("the shared IQM session is out of reach; keeping the valid token for now");
+            return Err(AuthError::Interrupted);
         }
-        let token = self.cached_from_stored(tokens.clone())?;
-        let usable = match token.deadlines.freshness(self.clock.now()) {
-            Freshness::Fresh => true,
-            Freshness::RenewSoon => reason != RenewReason::Proactive,
-            Freshness::Expired => false,
-        };
-        if !usable {
-            return None;
+        if reach.down_at_start && !reach.reached {
+            return Ok(OnUnreachable::GoAlone);
         }
-        token.set_shared_generation(shared.generation);
-        self.counters.shared_adoption();
-        debug!(
-            generation = shared.generation,
-            "took the IQM token set another replica renewed"
-        );
-        Some(token)
+        let failing_for = reach
+            .failing_since
+            .map_or(Duration::ZERO, |since| since.elapsed());
+        if failing_for >= UNREACHABLE_GRACE {
+            return Ok(OnUnreachable::GoAlone);
+        }
+        Ok(OnUnreachable::TryAgain)
+    }
+
+    /// One coordinator call of an acquisition, noting whether the coordinator answered.
+    async fn reach<T>(
+        &self,
+        fleet: &Fleet,
+        reach: &mut Reach,
+        call: impl Future<Output = Result<T, CoordinatorError>>,
+    ) -> Option<T> {
+        let answer = self.coordinate(fleet, call).await;
+        if answer.is_some() {
+            reach.reached = true;
+            reach.failing_since = None;
+        } else if reach.failing_since.is_none() {
+            reach.failing_since = Some(Instant::now());
+        }
+        answer
     }
 
     /// One coordinator call, bounded and isolated; `None` if it failed. A failure is counted,
@@ -307,16 +341,33 @@ impl Session {
         };
         self.counters.shared_error();
         if !fleet.down.swap(true, Ordering::Relaxed) {
-            warn!(error = %err, "the shared IQM session is unavailable; this replica renews on its own until it is back");
+            warn!(error = %err, "the shared IQM session is unavailable; waiting for it, then renewing on this replica's own (never refreshing a shared set) until it is back");
         }
         None
     }
 
-    /// Removes the shared set, for a logout.
+    /// A set sealed under a key this replica does not hold: it renews for itself, and leaves the
+    /// fleet's set alone.
+    fn warn_foreign_key(&self, fleet: &Fleet) {
+        self.counters.shared_unreadable();
+        if !fleet.warned_foreign_key.swap(true, Ordering::Relaxed) {
+            warn!(
+                "the shared IQM session is sealed under an encryption key this replica does not hold; renewing on its own without touching it (give every replica the fleet's key)"
+            );
+        }
+    }
+
+    /// Removes the shared set, for a logout. Every generation seen so far belongs to the session
+    /// the logout ends: if the clear does not land (Redis out of reach), such a set is neither
+    /// taken again nor renewed from, and the next renewal clears the shared session first (a set
+    /// published before the logout may be there, which this replica has never seen).
     pub(super) async fn clear_shared(&self) {
         if let Some(fleet) = &self.fleet {
-            self.coordinate(fleet, fleet.coordinator.clear(&fleet.scope))
+            fleet.ended.fetch_max(fleet.seen(), Ordering::Relaxed);
+            let cleared = self
+                .coordinate(fleet, fleet.coordinator.clear(&fleet.scope))
                 .await;
+            fleet.owed_clear.store(cleared.is_none(), Ordering::Relaxed);
         }
     }
 }

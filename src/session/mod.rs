@@ -23,12 +23,14 @@
 //! - [`budget`]: the budget for failed auth calls, so that no fault can spend more than a set
 //!   share of IQM's rate limit.
 //! - [`renewer`]: the background renewer, which renews a token in use before it expires.
-//! - [`fleet`]: renewals through the fleet's shared session, when one is configured.
+//! - [`fleet`]: renewals through the fleet's shared session, when one is configured, and
+//!   [`lease`]: the renewal of the replica holding the fleet's lease.
 
 mod acquire;
 mod budget;
 mod fleet;
 mod flight;
+mod lease;
 mod pacing;
 mod refresh;
 mod refusals;
@@ -76,6 +78,7 @@ struct Policy {
     backoff_jitter: bool,
     background_renewal: bool,
     timer_marks_due: bool,
+    auth_call_budget: (u32, u32),
 }
 
 pub(crate) struct Session {
@@ -145,6 +148,7 @@ impl Session {
                 backoff_jitter: config.backoff_jitter,
                 background_renewal: config.background_renewal,
                 timer_marks_due: config.timer_marks_due,
+                auth_call_budget: config.auth_call_budget,
             },
             current: ArcSwapOption::empty(),
             renewal: Mutex::new(RenewalSlot::default()),
@@ -373,6 +377,7 @@ mod tests {
             backoff_jitter: true,
             background_renewal: true,
             timer_marks_due: true,
+            auth_call_budget: (10, 3),
         }
     }
 }

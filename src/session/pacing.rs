@@ -109,20 +109,21 @@ fn refuses_credentials(err: &AuthError) -> bool {
 }
 
 /// How long a whole fleet pauses its renewals after the lease holder's renewal failed with
-/// `err`: what one replica's pacing pauses after a second failure in a row (2 s for an outage,
-/// the cool-down for refused credentials, IQM's `Retry-After`), so that a fleet in an outage
-/// spends the auth calls of one replica, not those of every replica in turn. Nothing for a
-/// renewal that made no call of its own.
-pub(super) fn fleet_pause(err: &AuthError, policy: &Policy) -> Duration {
+/// `err`, the fleet's renewals having failed `failures_before` times in a row before: what one
+/// replica's pacing pauses after the same failures in a row, counting from the second (2 s for
+/// an outage, doubling to 30 s; the cool-down for refused credentials, doubling to its maximum;
+/// IQM's `Retry-After`), so that a fleet in an outage spends the auth calls of one replica, not
+/// those of every replica in turn. Nothing for a renewal that made no call of its own.
+pub(super) fn fleet_pause(err: &AuthError, policy: &Policy, failures_before: u32) -> Duration {
     if err.class() == FailureClass::Interrupted {
         return Duration::ZERO;
     }
-    let second_failure = Pacing {
-        failures_in_a_row: 2,
-        rejections_in_a_row: 1,
+    let in_a_row = Pacing {
+        failures_in_a_row: failures_before.saturating_add(2),
+        rejections_in_a_row: failures_before.saturating_add(1),
         blocked: None,
     };
-    second_failure.pause_after(err, policy)
+    in_a_row.pause_after(err, policy)
 }
 
 #[cfg(test)]
@@ -276,12 +277,25 @@ mod tests {
     #[test]
     fn a_fleet_pauses_as_one_replica_does_after_a_second_failure() {
         let policy = policy();
-        let pause = |err: &AuthError| fleet_pause(err, &policy).as_secs();
+        let pause = |err: &AuthError| fleet_pause(err, &policy, 0).as_secs();
         assert_eq!(pause(&failure(AuthEndpoint::Login, 503, None)), 2);
         assert_eq!(pause(&failure(AuthEndpoint::Login, 403, None)), 30);
         assert_eq!(pause(&failure(AuthEndpoint::Refresh, 429, None)), 10);
         assert_eq!(pause(&failure(AuthEndpoint::Login, 503, Some(40))), 40);
         assert_eq!(pause(&AuthError::Interrupted), 0);
+    }
+
+    #[test]
+    fn the_fleet_pause_grows_with_the_fleet_failures_in_a_row() {
+        let policy = policy();
+        let outage = failure(AuthEndpoint::Login, 503, None);
+        let pauses: Vec<u64> = (0..7)
+            .map(|before| fleet_pause(&outage, &policy, before).as_secs())
+            .collect();
+        assert_eq!(pauses, [2, 4, 8, 16, 30, 30, 30]);
+        let refused = failure(AuthEndpoint::Login, 403, None);
+        assert_eq!(fleet_pause(&refused, &policy, 1).as_secs(), 60);
+        assert_eq!(fleet_pause(&outage, &policy, u32::MAX).as_secs(), 30);
     }
 
     #[test]

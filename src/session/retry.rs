@@ -34,18 +34,33 @@ impl Session {
     where
         Fut: Future<Output = Result<Arc<CachedToken>, AuthError>>,
     {
-        let reservation = {
+        let (reservation, fleet_reservation) = {
             let mut budget = self.budget.lock();
+            // The fleet's budget while this replica renews for the fleet: the failed calls every
+            // holder made count, so the fleet spends what one process does.
+            let mut fleet = self.fleet.as_ref().map(|fleet| fleet.calls.lock());
+            let mut fleet = fleet.as_mut().and_then(|calls| calls.as_mut());
             let now = self.clock.now();
-            if let Some(retry_after) = budget.wait_at(now) {
+            let wait = budget
+                .wait_at(now)
+                .into_iter()
+                .chain(fleet.as_ref().and_then(|calls| calls.wait_at(now)))
+                .max();
+            if let Some(retry_after) = wait {
                 warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
                 return Err(AuthError::CallBudgetExhausted { retry_after });
             }
-            budget.reserve(now)
+            let fleet_reservation = fleet.as_mut().map(|calls| calls.reserve(now));
+            (budget.reserve(now), fleet_reservation)
         };
         let result = call.await;
         if result.is_ok() {
             self.budget.lock().refund(reservation);
+            if let (Some(fleet), Some(fleet_reservation)) = (&self.fleet, fleet_reservation) {
+                if let Some(calls) = fleet.calls.lock().as_mut() {
+                    calls.refund(fleet_reservation);
+                }
+            }
         }
         result
     }

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use crate::error::AuthError;
 use crate::store::{NewTokensHook, StoreError, StoredTokens, TokenStore};
-use crate::token::{CachedToken, check_token_bytes};
+use crate::token::{CachedToken, SHARED_UNKNOWN, check_token_bytes};
 
 use super::Session;
 use super::refresh::RefreshState;
@@ -126,14 +126,19 @@ impl Session {
             .expires_at
             .duration_since(self.clock.wall())
             .unwrap_or(Duration::ZERO);
-        self.new_cached_token(
-            stored.access_token,
-            stored.refresh_token,
-            stored.ow_id,
-            self.clock.now(),
-            remaining,
-        )
-        .ok()
+        let token = self
+            .new_cached_token(
+                stored.access_token,
+                stored.refresh_token,
+                stored.ow_id,
+                self.clock.now(),
+                remaining,
+            )
+            .ok()?;
+        if stored.shared {
+            token.set_shared_generation(SHARED_UNKNOWN);
+        }
+        Some(token)
     }
 
     /// The stored form of a cached token: its expiry as wall-clock time, and this account's
@@ -150,6 +155,7 @@ impl Session {
             self.clock.wall() + remaining,
         )
         .with_account(self.account.as_str())
+        .with_shared(token.shared_generation() != 0)
     }
 
     /// Saves `token`'s set without its refresh token, before that refresh token is presented:

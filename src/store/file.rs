@@ -88,8 +88,9 @@ impl FileTokenStore {
     }
 }
 
-/// The file's format. `version` lets a later format be told apart: 2 added `account`, and a
-/// file of version 1 reads as a set without one (which the layer does not resume).
+/// The file's format. `version` lets a later format be told apart: 2 added `account` (a file of
+/// version 1 reads as a set without one, which the layer does not resume); 3 added `shared`
+/// (a file of an earlier version reads as a set that was not shared).
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     version: u32,
@@ -99,9 +100,11 @@ struct OnDisk {
     expires_at_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     account: Option<String>,
+    #[serde(default)]
+    shared: bool,
 }
 
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 
 impl OnDisk {
     fn from_tokens(tokens: &StoredTokens) -> Self {
@@ -116,6 +119,7 @@ impl OnDisk {
             ow_id: tokens.ow_id,
             expires_at_unix_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
             account: tokens.account.clone(),
+            shared: tokens.shared,
         }
     }
 
@@ -134,7 +138,8 @@ impl OnDisk {
             self.refresh_token.map(Secret::new),
             self.ow_id,
             expires_at,
-        );
+        )
+        .with_shared(self.shared);
         Ok(match self.account {
             Some(account) => tokens.with_account(account),
             None => tokens,

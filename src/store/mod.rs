@@ -29,6 +29,12 @@ pub struct StoredTokens {
     /// once, counted in [`Stats::foreign_sessions_ignored`](crate::Stats)), never sent. A
     /// [`TokenStore`] of your own must keep it with the tokens.
     pub account: Option<String>,
+    /// Whether the set was shared with a fleet ([`shared_session`](crate::IqmAuthBuilder::shared_session)),
+    /// or may have been (its publication's outcome was not known). A layer that resumes it on
+    /// its own, with the shared session out of reach, uses its access token but never presents
+    /// its refresh token (another replica may be presenting the same one): it logs in instead
+    /// once the token expires. A [`TokenStore`] of your own must keep it with the tokens.
+    pub shared: bool,
 }
 
 impl StoredTokens {
@@ -45,6 +51,7 @@ impl StoredTokens {
             ow_id,
             expires_at,
             account: None,
+            shared: false,
         }
     }
 
@@ -53,6 +60,14 @@ impl StoredTokens {
     #[must_use]
     pub fn with_account(mut self, account: impl Into<String>) -> Self {
         self.account = Some(account.into());
+        self
+    }
+
+    /// The same set, marked as shared with a fleet (as read back from where a store of your own
+    /// keeps it).
+    #[must_use]
+    pub fn with_shared(mut self, shared: bool) -> Self {
+        self.shared = shared;
         self
     }
 

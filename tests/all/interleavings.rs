@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use iqm_auth::testing::{Answer, FakeIqm};
 use iqm_auth::{
-    CoordinatorError, Lease, MemoryCoordinator, MemoryTokenStore, SessionCoordinator, SharedTokens,
-    StoreError, StoredTokens, TokenStore,
+    CoordinatorError, Failure, Lease, MemoryCoordinator, MemoryTokenStore, Publication,
+    SessionCoordinator, SharedTokens, StoreError, StoredTokens, TokenStore,
 };
 
 use crate::support::{Harness, auth_error, get_through};
@@ -179,8 +179,8 @@ impl SessionCoordinator for Named {
     async fn read(&self, s: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
         self.0.read(s).await
     }
-    async fn try_lease(&self, s: &str) -> Result<Option<Lease>, CoordinatorError> {
-        self.0.try_lease(s).await
+    async fn try_lease(&self, s: &str, l: &Lease) -> Result<bool, CoordinatorError> {
+        self.0.try_lease(s, l).await
     }
     async fn mark_refreshing(&self, s: &str, l: &Lease, g: u64) -> Result<bool, CoordinatorError> {
         self.0.mark_refreshing(s, l, g).await
@@ -189,13 +189,17 @@ impl SessionCoordinator for Named {
         &self,
         s: &str,
         l: &Lease,
-        e: u64,
-        t: &StoredTokens,
+        p: &Publication,
     ) -> Result<Option<u64>, CoordinatorError> {
-        self.0.publish(s, l, e, t).await
+        self.0.publish(s, l, p).await
     }
-    async fn pause(&self, s: &str, l: &Lease, p: Duration) -> Result<(), CoordinatorError> {
-        self.0.pause(s, l, p).await
+    async fn record_failure(
+        &self,
+        s: &str,
+        l: &Lease,
+        f: &Failure,
+    ) -> Result<(), CoordinatorError> {
+        self.0.record_failure(s, l, f).await
     }
     async fn release(&self, s: &str, l: &Lease) -> Result<(), CoordinatorError> {
         self.0.release(s, l).await

@@ -83,6 +83,7 @@ pub struct Report {
     pub unauthorized: u64,
     /// The replica's wall clock when it reported, in Unix milliseconds.
     pub wall_ms: u64,
+    pub renewed_alone: u64,
     /// How often the replica logged that the shared session is unavailable.
     pub outage_warnings: usize,
     /// How many warnings the replica logged.
@@ -217,7 +218,7 @@ impl Replica {
         assert!(status.success(), "replica failed: {status}\n{stderr}");
         let mut report = parse(&line);
         report.outage_warnings = stderr
-            .matches("this replica renews on its own until it is back")
+            .matches("the shared IQM session is unavailable; waiting for it")
             .count();
         report.warnings = stderr.lines().filter(|l| l.contains(" WARN ")).count();
         report
@@ -249,6 +250,7 @@ fn parse(line: &str) -> Report {
             "foreign" => report.foreign = value,
             "unauthorized" => report.unauthorized = value,
             "wall_ms" => report.wall_ms = value,
+            "alone" => report.renewed_alone = value,
             _ => {}
         }
     }
@@ -287,13 +289,12 @@ fn key_from_hex(hex: &str) -> [u8; 32] {
     key
 }
 
-/// The shared session's keys: one key seals and opens; several (the first seals) need
-/// `encryption_keys`.
+/// The shared session's keys: the first seals, any opens.
 fn with_keys(shared: RedisSessionBuilder, keys: &[[u8; 32]]) -> RedisSessionBuilder {
     match keys {
         [] => shared,
         [key] => shared.encryption_key(*key),
-        _ => panic!("several keys need RedisSessionBuilder::encryption_keys (see rotation.rs)"),
+        _ => shared.encryption_keys(keys.iter().copied()),
     }
 }
 
@@ -425,12 +426,13 @@ pub fn run() {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     println!(
-        "FLEET result ok={ok} failed={failed} logins={} refreshes={} adoptions={} shared_errors={} unreadable={} foreign={foreign} unauthorized={} wall_ms={wall_ms}",
+        "FLEET result ok={ok} failed={failed} logins={} refreshes={} adoptions={} shared_errors={} unreadable={} alone={} foreign={foreign} unauthorized={} wall_ms={wall_ms}",
         stats.logins,
         stats.refreshes,
         stats.shared_adoptions,
         stats.shared_errors,
         stats.shared_unreadable,
+        stats.renewed_alone,
         unauthorized.load(Ordering::Relaxed),
     );
 }

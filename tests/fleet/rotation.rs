@@ -1,10 +1,5 @@
 //! Key rotation (issue 15, item 8): `RedisSessionBuilder::encryption_keys([new, old])` seals
 //! with the first key and opens with any, so a rolling restart onto a new key costs no login.
-//!
-//! Not compiled until `encryption_keys` exists. To enable it:
-//! - in `main.rs`, add `mod rotation;` next to the other modules;
-//! - in `replica.rs`, in `with_keys`, replace the arm that panics for several keys with
-//!   `_ => shared.encryption_keys(keys.iter().copied()),`.
 
 use std::collections::VecDeque;
 

@@ -1,9 +1,10 @@
 //! The simulated Redis: the shared session of every account (one scope each), as a
 //! `SessionCoordinator` that every replica incarnation reaches through a handle of its own.
 //!
-//! It keeps the protocol of `RedisSession`'s Lua scripts (a generation that only grows, one
-//! lease at a time with a fencing value, a "refreshing" mark, publish only under the lease and
-//! from the expected generation, a fleet-wide pause), on simulated time. And it fails as Redis
+//! It keeps the protocol of `RedisSession`'s Lua scripts (a generation that only grows, above
+//! the publisher's floor; one lease at a time with a fencing value the replica chose; a
+//! "refreshing" mark; publish only under the lease and from the expected generation; expiry as
+//! a lifetime on Redis's clock; a fleet-wide record of failures and pause), on simulated time. And it fails as Redis
 //! does:
 //! - errors (connection refused) and slow commands (past the layer's command limit, dropped
 //!   before they are applied);
@@ -18,7 +19,9 @@ use std::future::pending;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iqm_auth::{CoordinatorError, Lease, SessionCoordinator, SharedTokens, StoredTokens};
+use iqm_auth::{
+    CoordinatorError, Failure, Lease, Publication, SessionCoordinator, SharedTokens, StoredTokens,
+};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -55,9 +58,11 @@ impl CoordFault {
 #[derive(Debug, Clone, Default)]
 struct Scope {
     generation: u64,
-    tokens: Option<StoredTokens>,
+    tokens: Option<(StoredTokens, Instant)>,
     refreshing: bool,
     paused_until: Option<Instant>,
+    failures_in_a_row: u32,
+    failed_calls: Vec<Instant>,
     lease: Option<(String, Instant)>,
 }
 
@@ -72,7 +77,6 @@ impl Scope {
 #[derive(Debug, Default)]
 struct RedisState {
     scopes: BTreeMap<String, Scope>,
-    fences: u64,
     snapshots: VecDeque<(Instant, BTreeMap<String, Scope>)>,
     faults: Vec<(Instant, Instant, CoordFault)>,
 }
@@ -136,7 +140,7 @@ impl Redis {
             .get(scope)?
             .tokens
             .as_ref()
-            .map(|t| t.access_token.expose().to_owned())
+            .map(|(t, _)| t.access_token.expose().to_owned())
     }
 
     pub fn scopes(&self) -> Vec<String> {
@@ -251,58 +255,74 @@ impl SessionCoordinator for SimCoordinator {
                     let pause = s
                         .paused_until
                         .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+                    let failed: Vec<Duration> = s
+                        .failed_calls
+                        .iter()
+                        .map(|at| now.saturating_duration_since(*at))
+                        .filter(|age| *age < Duration::from_secs(60))
+                        .collect();
                     Shown(
                         (
                             s.generation,
                             s.tokens
                                 .as_ref()
-                                .map(|t| t.access_token.expose().to_owned()),
+                                .map(|(t, _)| t.access_token.expose().to_owned()),
                             s.refreshing,
                             pause,
                         ),
-                        s.tokens.clone(),
+                        (
+                            s.tokens.clone().map(|(t, expires_at)| {
+                                (t, expires_at.saturating_duration_since(now))
+                            }),
+                            s.failures_in_a_row,
+                            failed,
+                        ),
                     )
                 })
             })
             .await?;
         let sim = &self.redis.sim;
-        Ok(
-            shared.map(|Shown((generation, _, refreshing, pause), tokens)| {
+        Ok(shared.map(
+            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, failed))| {
                 if refreshing {
                     sim.cover("redis read: set marked refreshing");
                 }
                 if !pause.is_zero() {
                     sim.cover("redis read: fleet paused");
                 }
-                SharedTokens::new(generation, tokens, refreshing).paused(pause)
-            }),
-        )
+                let expires_in = tokens.as_ref().map(|(_, left)| *left);
+                let shared = SharedTokens::new(generation, tokens.map(|(t, _)| t), refreshing)
+                    .paused(pause)
+                    .with_failures(in_a_row, failed);
+                match expires_in {
+                    Some(left) => shared.expiring_in(left),
+                    None => shared,
+                }
+            },
+        ))
     }
 
-    async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
+    async fn try_lease(&self, scope: &str, lease: &Lease) -> Result<bool, CoordinatorError> {
         let taken = self
             .command("try_lease", |s, now| {
-                let held = s
-                    .scopes
-                    .get(scope)
-                    .and_then(|sc| sc.lease.as_ref())
-                    .is_some_and(|(_, until)| now < *until);
-                if held {
-                    return None;
+                let state = s.scopes.entry(scope.to_owned()).or_default();
+                let held_by_another = state
+                    .lease
+                    .as_ref()
+                    .is_some_and(|(fence, until)| now < *until && *fence != lease.fence);
+                if held_by_another {
+                    return false;
                 }
-                s.fences += 1;
-                let fence = format!("fence-{}", s.fences);
-                s.scopes.entry(scope.to_owned()).or_default().lease =
-                    Some((fence.clone(), now + LEASE_TTL));
-                Some(fence)
+                state.lease = Some((lease.fence.clone(), now + LEASE_TTL));
+                true
             })
             .await?;
-        self.redis.sim.cover(if taken.is_some() {
+        self.redis.sim.cover(if taken {
             "redis lease taken"
         } else {
             "redis lease busy"
         });
-        Ok(taken.map(|fence| Lease { fence }))
+        Ok(taken)
     }
 
     async fn mark_refreshing(
@@ -333,11 +353,11 @@ impl SessionCoordinator for SimCoordinator {
         &self,
         scope: &str,
         lease: &Lease,
-        expected: u64,
-        tokens: &StoredTokens,
+        publication: &Publication,
     ) -> Result<Option<u64>, CoordinatorError> {
         let skip = self.redis.skip_generation_check;
-        let access = tokens.access_token.expose().to_owned();
+        let expected = publication.expected;
+        let access = publication.tokens.access_token.expose().to_owned();
         let published = self
             .command(
                 &format!("publish {access} from gen {expected}"),
@@ -349,10 +369,11 @@ impl SessionCoordinator for SimCoordinator {
                     if state.generation != expected && !skip {
                         return Err("generation moved on");
                     }
-                    state.generation += 1;
-                    state.tokens = Some(tokens.clone());
+                    state.generation = state.generation.max(publication.floor) + 1;
+                    state.tokens = Some((publication.tokens.clone(), now + publication.expires_in));
                     state.refreshing = false;
                     state.paused_until = None;
+                    state.failures_in_a_row = 0;
                     Ok(state.generation)
                 },
             )
@@ -365,16 +386,31 @@ impl SessionCoordinator for SimCoordinator {
         Ok(published.ok())
     }
 
-    async fn pause(
+    async fn record_failure(
         &self,
         scope: &str,
         lease: &Lease,
-        pause: Duration,
+        failure: &Failure,
     ) -> Result<(), CoordinatorError> {
-        self.command(&format!("pause {pause:?}"), |s, now| {
+        let name = format!(
+            "record_failure pause {:?}, {} failed calls",
+            failure.pause,
+            failure.failed_calls.len()
+        );
+        self.command(&name, |s, now| {
             let state = s.scopes.entry(scope.to_owned()).or_default();
             if state.holds(lease, now) {
-                state.paused_until = now.checked_add(pause);
+                state.paused_until = now.checked_add(failure.pause);
+                state.failures_in_a_row += 1;
+                state.failed_calls.extend(
+                    failure
+                        .failed_calls
+                        .iter()
+                        .filter_map(|age| now.checked_sub(*age)),
+                );
+                state
+                    .failed_calls
+                    .retain(|at| now.saturating_duration_since(*at) < Duration::from_secs(60));
             }
         })
         .await?;
@@ -400,6 +436,7 @@ impl SessionCoordinator for SimCoordinator {
             state.tokens = None;
             state.refreshing = false;
             state.paused_until = None;
+            state.failures_in_a_row = 0;
         })
         .await
     }

@@ -2,103 +2,36 @@
 //! Valkey), kept by Lua scripts so that every check-and-set is one atomic step.
 //!
 //! Keys, under `iqm-auth:{<scope>}:` (the braces keep them in one cluster slot):
-//! - `session`: a hash of `gen` (the shared generation), `set` (the sealed token set),
-//!   `refreshing` (set while the lease holder presents the set's refresh token) and
-//!   `paused_until` (on Redis's clock, after the holder's renewal failed);
-//! - `lease`: the lease's fencing value, expiring by itself after the lease TTL;
-//! - `fence`: the counter fencing values are drawn from.
+//! - `session`: a hash of `gen` (the shared generation), `set` (the sealed token set), `key`
+//!   (the id of the key it is sealed under), `expires_at` (on Redis's clock), `refreshing` (set
+//!   while the lease holder presents the set's refresh token), and the fleet's failures:
+//!   `failures` (renewals failed in a row), `failed` (the failed auth calls of the last minute)
+//!   and `paused_until` (on Redis's clock);
+//! - `lease`: the fencing value of the replica holding the lease, expiring by itself after the
+//!   lease TTL.
 //!
 //! Key names hold no secret: the scope is a name the user chose or a hash.
+
+mod connection;
+mod scripts;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
+use self::connection::Connection;
+use self::scripts::Scripts;
 use super::seal::Sealer;
-use super::{CoordinatorError, DEFAULT_LEASE_TTL, Lease, SessionCoordinator, SharedTokens};
+use super::{
+    CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication, SessionCoordinator,
+    SharedTokens,
+};
 use crate::error::ConfigError;
-use crate::store::StoredTokens;
 
 /// How long one Redis call may take before the layer gives up on it for this renewal.
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// The shared session, or nothing. A non-hash under the key (a foreign format) reads as
-/// generation 0 with a set that cannot be read.
-const READ: &str = r"
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then return false end
-if kind ~= 'hash' then return {'0', 'foreign', '', '0'} end
-local fields = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until')
-local paused = 0
-if fields[4] then paused = math.max(0, tonumber(fields[4]) - now_ms()) end
-return {fields[1] or '0', fields[2] or '', fields[3] or '', string.format('%.0f', paused)}
-";
-
-/// Takes the lease if it is free; returns its fencing value.
-const TRY_LEASE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local fence = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], fence, 'PX', ARGV[2])
-return fence
-";
-
-/// Redis's own clock in milliseconds, the one clock every replica's pause is measured on.
-const NOW_MS: &str = r"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-";
-
-/// Pauses the fleet's renewals (the lease holder only).
-const PAUSE: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 'paused_until', string.format('%.0f', now_ms() + tonumber(ARGV[2])))
-return 1
-";
-
-/// The shared generation, reading anything but a hash as 0.
-const GENERATION: &str = r"
-local function generation(key)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'hash' then return 0 end
-  return tonumber(redis.call('HGET', key, 'gen')) or 0
-end
-";
-
-const MARK_REFRESHING: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if generation(KEYS[1]) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'refreshing', '1')
-return 1
-";
-
-const PUBLISH: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
-local current = generation(KEYS[1])
-if current ~= tonumber(ARGV[2]) then return false end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', current + 1, 'set', ARGV[3])
-return current + 1
-";
-
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-";
-
-const CLEAR: &str = r"
-local current = generation(KEYS[1])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', current + 1)
-return current + 1
-";
 
 /// Builds a [`RedisSession`]. Setters never fail; [`build`](Self::build) checks the URL.
 #[derive(Clone)]
@@ -107,7 +40,7 @@ pub struct RedisSessionBuilder {
     url: String,
     namespace: Option<String>,
     lease_ttl: Duration,
-    encryption_key: Option<[u8; 32]>,
+    encryption_keys: Vec<[u8; 32]>,
     command_timeout: Duration,
 }
 
@@ -117,16 +50,18 @@ impl fmt::Debug for RedisSessionBuilder {
             .field("url", &crate::config::without_user_info(&self.url))
             .field("namespace", &self.namespace)
             .field("lease_ttl", &self.lease_ttl)
-            .field("encrypted", &self.encryption_key.is_some())
+            .field("encryption_keys", &self.encryption_keys.len())
             .field("command_timeout", &self.command_timeout)
             .finish()
     }
 }
 
 impl RedisSessionBuilder {
-    /// The name the session is kept under; replicas with the same namespace (and the same
-    /// Redis) share one session. Letters, digits, `.`, `_` and `-`. Defaults to a hash of the
-    /// IQM base URL, workspace host and user, so different accounts never share a session.
+    /// A name for the sessions of the services that use it, which replicas must share to share
+    /// a session. Letters, digits, `.`, `_` and `-`. It only groups: each IQM account (base URL,
+    /// client id, workspace host, user) still has a session of its own under it, so accounts
+    /// given one namespace never use each other's tokens. Without it, a session is kept under
+    /// the account's fingerprint alone.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
@@ -141,10 +76,21 @@ impl RedisSessionBuilder {
     }
 
     /// Encrypts token sets at rest with XChaCha20-Poly1305 under this key, so that nothing
-    /// stored in Redis contains a token's bytes. Every replica needs the same key: a set sealed
-    /// under another key reads as no session (one login, logged and counted). Defaults to none.
-    pub fn encryption_key(mut self, key: [u8; 32]) -> Self {
-        self.encryption_key = Some(key);
+    /// stored in Redis contains a token's bytes: the same as
+    /// [`encryption_keys([key])`](Self::encryption_keys). Defaults to none.
+    pub fn encryption_key(self, key: [u8; 32]) -> Self {
+        self.encryption_keys([key])
+    }
+
+    /// Encrypts token sets at rest under the first key, and opens sets sealed under any of them:
+    /// for rotating keys without a login. Roll out `[new, old]` (every replica opens what the
+    /// others seal, whichever they run), then `[new]` once no replica seals under the old key.
+    ///
+    /// A replica never writes over a set sealed under a key it does not hold: it renews for
+    /// itself (warned once, counted in [`Stats::shared_unreadable`](crate::Stats)) and leaves
+    /// the fleet's set alone; a replica with no key never writes over a sealed set either.
+    pub fn encryption_keys(mut self, keys: impl IntoIterator<Item = [u8; 32]>) -> Self {
+        self.encryption_keys = keys.into_iter().collect();
         self
     }
 
@@ -175,18 +121,13 @@ impl RedisSessionBuilder {
                 return Err(ConfigError::InvalidNamespace(namespace.clone()));
             }
         }
-        let password = client.get_connection_info().redis_settings().password();
         Ok(RedisSession {
             inner: Arc::new(Inner {
-                password: password.map(str::to_owned),
-                client,
+                connection: Connection::new(client, self.command_timeout),
                 url: shown,
-                manager: Mutex::new(None),
                 namespace: self.namespace,
                 lease_ttl: self.lease_ttl.max(Duration::from_millis(100)),
-                command_timeout: self.command_timeout,
-                sealer: Sealer::new(self.encryption_key),
-                holder: holder_id(),
+                sealer: Sealer::new(&self.encryption_keys),
                 scripts: Scripts::new(),
             }),
         })
@@ -225,44 +166,13 @@ pub struct RedisSession {
 }
 
 struct Inner {
-    client: Client,
+    connection: Connection,
     /// The URL without user info, for `Debug`.
     url: String,
-    /// The URL's password, cut out of any Redis error before it is shown.
-    password: Option<String>,
-    manager: Mutex<Option<ConnectionManager>>,
     namespace: Option<String>,
     lease_ttl: Duration,
-    command_timeout: Duration,
     sealer: Sealer,
-    /// This process's name in fencing values.
-    holder: String,
     scripts: Scripts,
-}
-
-struct Scripts {
-    read: Script,
-    try_lease: Script,
-    mark_refreshing: Script,
-    publish: Script,
-    pause: Script,
-    release: Script,
-    clear: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let with_generation = |body: &str| Script::new(&format!("{GENERATION}{body}"));
-        Self {
-            read: Script::new(&format!("{NOW_MS}{READ}")),
-            pause: Script::new(&format!("{NOW_MS}{PAUSE}")),
-            try_lease: Script::new(TRY_LEASE),
-            mark_refreshing: with_generation(MARK_REFRESHING),
-            publish: with_generation(PUBLISH),
-            release: Script::new(RELEASE),
-            clear: with_generation(CLEAR),
-        }
-    }
 }
 
 impl fmt::Debug for RedisSession {
@@ -285,34 +195,9 @@ impl RedisSession {
             url: url.into(),
             namespace: None,
             lease_ttl: DEFAULT_LEASE_TTL,
-            encryption_key: None,
+            encryption_keys: Vec::new(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
         }
-    }
-
-    fn connection(&self) -> Result<ConnectionManager, CoordinatorError> {
-        let mut manager = self.inner.manager.lock();
-        if let Some(manager) = manager.as_ref() {
-            return Ok(manager.clone());
-        }
-        let timeout = Some(self.inner.command_timeout);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1);
-        let created = ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
-            .map_err(|err| self.error(&err))?;
-        *manager = Some(created.clone());
-        Ok(created)
-    }
-
-    /// A Redis error as shown in logs: its kind and message, never the URL's password.
-    fn error(&self, err: &redis::RedisError) -> CoordinatorError {
-        let mut shown = format!("{:?}: {err}", err.kind());
-        if let Some(password) = self.inner.password.as_deref().filter(|p| !p.is_empty()) {
-            shown = shown.replace(password, "[redacted]");
-        }
-        CoordinatorError(shown)
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -322,34 +207,13 @@ impl RedisSession {
         keys: &[&str],
         args: &[&[u8]],
     ) -> Result<T, CoordinatorError> {
-        let mut connection = self.connection()?;
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key_name(scope, key));
-        }
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let call = invocation.invoke_async(&mut connection);
-        match tokio::time::timeout(self.inner.command_timeout, call).await {
-            Ok(result) => result.map_err(|err| self.error(&err)),
-            Err(_) => Err(CoordinatorError(format!(
-                "no answer within {:?}",
-                self.inner.command_timeout
-            ))),
-        }
+        let keys: Vec<String> = keys.iter().map(|key| key_name(scope, key)).collect();
+        self.inner.connection.run(script, &keys, args).await
     }
 }
 
 fn key_name(scope: &str, key: &str) -> String {
     format!("iqm-auth:{{{scope}}}:{key}")
-}
-
-/// A name for this process in fencing values, different between processes and runs.
-fn holder_id() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let random = RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()));
-    format!("{:x}-{random:016x}", std::process::id())
 }
 
 #[async_trait::async_trait]
@@ -363,36 +227,67 @@ impl SessionCoordinator for RedisSession {
     }
 
     async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
-        let fields: Option<(String, Vec<u8>, String, String)> = self
+        type Fields = (
+            String,
+            Vec<u8>,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        );
+        let fields: Option<Fields> = self
             .run(&self.inner.scripts.read, scope, &["session"], &[])
             .await?;
-        let Some((generation, set, refreshing, paused_ms)) = fields else {
+        let Some((generation, set, refreshing, paused, expires, key, failures, ages)) = fields
+        else {
             return Ok(None);
         };
+        let sealer = &self.inner.sealer;
         let generation = generation.parse().unwrap_or(0);
-        let shared = if set.is_empty() {
+        let mut shared = if set.is_empty() {
             SharedTokens::new(generation, None, false)
+        } else if !sealer.knows_key(&key) {
+            SharedTokens::sealed_with_another_key(generation)
         } else {
-            match self.inner.sealer.open(scope, &set) {
+            match sealer.open(scope, &set) {
                 Some(tokens) => SharedTokens::new(generation, Some(tokens), !refreshing.is_empty()),
                 None => SharedTokens::unreadable(generation),
             }
         };
-        let paused = Duration::from_millis(paused_ms.parse().unwrap_or(0));
-        Ok(Some(shared.paused(paused)))
+        if let Ok(expires_ms) = expires.parse::<u64>() {
+            shared = shared.expiring_in(Duration::from_millis(expires_ms));
+        }
+        let ages = ages
+            .split(',')
+            .filter_map(|age| age.parse().ok())
+            .map(Duration::from_millis)
+            .collect();
+        let paused = Duration::from_millis(paused.parse().unwrap_or(0));
+        Ok(Some(
+            shared
+                .paused(paused)
+                .with_failures(failures.parse().unwrap_or(0), ages),
+        ))
     }
 
-    async fn try_lease(&self, scope: &str) -> Result<Option<Lease>, CoordinatorError> {
+    async fn generation(&self, scope: &str) -> Result<u64, CoordinatorError> {
+        self.run(&self.inner.scripts.generation, scope, &["session"], &[])
+            .await
+    }
+
+    async fn try_lease(&self, scope: &str, lease: &Lease) -> Result<bool, CoordinatorError> {
         let ttl_ms = self.inner.lease_ttl.as_millis().max(1).to_string();
-        let fence: Option<String> = self
+        let held: i64 = self
             .run(
                 &self.inner.scripts.try_lease,
                 scope,
-                &["lease", "fence"],
-                &[self.inner.holder.as_bytes(), ttl_ms.as_bytes()],
+                &["lease"],
+                &[lease.fence.as_bytes(), ttl_ms.as_bytes()],
             )
             .await?;
-        Ok(fence.map(|fence| Lease { fence }))
+        Ok(held == 1)
     }
 
     async fn mark_refreshing(
@@ -416,36 +311,50 @@ impl SessionCoordinator for RedisSession {
         &self,
         scope: &str,
         lease: &Lease,
-        expected: u64,
-        tokens: &StoredTokens,
+        publication: &Publication,
     ) -> Result<Option<u64>, CoordinatorError> {
-        let sealed = self.inner.sealer.seal(scope, tokens);
+        let sealer = &self.inner.sealer;
+        let sealed = sealer.seal(scope, &publication.tokens);
+        let lifetime_ms = publication.expires_in.as_millis().min(u128::from(u32::MAX));
         self.run(
             &self.inner.scripts.publish,
             scope,
             &["session", "lease"],
             &[
                 lease.fence.as_bytes(),
-                expected.to_string().as_bytes(),
+                publication.expected.to_string().as_bytes(),
                 &sealed,
+                publication.floor.to_string().as_bytes(),
+                lifetime_ms.to_string().as_bytes(),
+                sealer.sealing_key_id().as_bytes(),
+                sealer.key_ids().as_bytes(),
             ],
         )
         .await
     }
 
-    async fn pause(
+    async fn record_failure(
         &self,
         scope: &str,
         lease: &Lease,
-        pause: Duration,
+        failure: &Failure,
     ) -> Result<(), CoordinatorError> {
-        let pause_ms = pause.as_millis().min(u128::from(u32::MAX)).to_string();
+        let millis = |d: Duration| d.as_millis().min(u128::from(u32::MAX)).to_string();
+        let ages: Vec<String> = failure
+            .failed_calls
+            .iter()
+            .map(|age| millis(*age))
+            .collect();
         let _: i64 = self
             .run(
-                &self.inner.scripts.pause,
+                &self.inner.scripts.record_failure,
                 scope,
                 &["session", "lease"],
-                &[lease.fence.as_bytes(), pause_ms.as_bytes()],
+                &[
+                    lease.fence.as_bytes(),
+                    millis(failure.pause).as_bytes(),
+                    ages.join(",").as_bytes(),
+                ],
             )
             .await?;
         Ok(())

@@ -1,0 +1,212 @@
+//! [`MemoryCoordinator`]: the shared session's protocol in one process, for tests.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::{
+    CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication, SessionCoordinator,
+    SharedTokens,
+};
+use crate::store::StoredTokens;
+
+/// How long a failed auth call stays in the fleet's record.
+const FAILED_CALL_MEMORY: Duration = Duration::from_secs(60);
+
+/// A [`SessionCoordinator`] in memory: layers in one process that share it share one session.
+/// For tests of code that runs with a shared session; across processes use
+/// [`RedisSession`](crate::RedisSession). Its leases and expiries run on the real monotonic
+/// clock (`std::time::Instant`), not on tokio's: under paused time leases never run out.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let iqm = iqm_auth::testing::FakeIqm::start().await?;
+/// use iqm_auth::MemoryCoordinator;
+///
+/// let fleet = MemoryCoordinator::default();
+/// let first = iqm.auth_builder().shared_session(fleet.clone()).build()?;
+/// let second = iqm.auth_builder().shared_session(fleet).build()?;
+/// first.access_token().await?;
+/// second.access_token().await?; // takes the shared session: no login of its own
+/// assert_eq!(iqm.logins(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryCoordinator {
+    scopes: Arc<Mutex<HashMap<String, MemoryScope>>>,
+    lease_ttl: Duration,
+}
+
+#[derive(Debug, Default)]
+struct MemoryScope {
+    generation: u64,
+    /// The set and its access token's expiry.
+    tokens: Option<(StoredTokens, Instant)>,
+    refreshing: bool,
+    paused_until: Option<Instant>,
+    failures_in_a_row: u32,
+    failed_calls: VecDeque<Instant>,
+    lease: Option<(String, Instant)>,
+}
+
+impl MemoryScope {
+    fn holds(&self, lease: &Lease) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|(fence, until)| *fence == lease.fence && Instant::now() < *until)
+    }
+}
+
+impl Default for MemoryCoordinator {
+    fn default() -> Self {
+        Self::new(DEFAULT_LEASE_TTL)
+    }
+}
+
+impl MemoryCoordinator {
+    /// A coordinator whose leases last `lease_ttl`.
+    pub fn new(lease_ttl: Duration) -> Self {
+        Self {
+            scopes: Arc::default(),
+            lease_ttl,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionCoordinator for MemoryCoordinator {
+    fn namespace(&self) -> Option<&str> {
+        None
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
+        let scopes = self.scopes.lock();
+        let now = Instant::now();
+        Ok(scopes.get(scope).map(|s| {
+            let left = |until: Instant| until.saturating_duration_since(now);
+            let mut shared = SharedTokens::new(
+                s.generation,
+                s.tokens.as_ref().map(|(tokens, _)| tokens.clone()),
+                s.refreshing,
+            )
+            .paused(s.paused_until.map_or(Duration::ZERO, left))
+            .with_failures(
+                s.failures_in_a_row,
+                s.failed_calls
+                    .iter()
+                    .map(|at| now.saturating_duration_since(*at))
+                    .filter(|age| *age < FAILED_CALL_MEMORY)
+                    .collect(),
+            );
+            if let Some((_, expires_at)) = &s.tokens {
+                shared = shared.expiring_in(left(*expires_at));
+            }
+            shared
+        }))
+    }
+
+    async fn try_lease(&self, scope: &str, lease: &Lease) -> Result<bool, CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scopes.entry(scope.to_owned()).or_default();
+        let now = Instant::now();
+        let taken_by_another = state
+            .lease
+            .as_ref()
+            .is_some_and(|(fence, until)| now < *until && *fence != lease.fence);
+        if taken_by_another {
+            return Ok(false);
+        }
+        state.lease = Some((lease.fence.clone(), now + self.lease_ttl));
+        Ok(true)
+    }
+
+    async fn mark_refreshing(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        generation: u64,
+    ) -> Result<bool, CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scopes.entry(scope.to_owned()).or_default();
+        let marked = state.holds(lease) && state.generation == generation;
+        if marked {
+            state.refreshing = true;
+        }
+        Ok(marked)
+    }
+
+    async fn publish(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        publication: &Publication,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scopes.entry(scope.to_owned()).or_default();
+        if !state.holds(lease) || state.generation != publication.expected {
+            return Ok(None);
+        }
+        state.generation = state.generation.max(publication.floor) + 1;
+        let expires_at = Instant::now() + publication.expires_in;
+        state.tokens = Some((publication.tokens.clone(), expires_at));
+        state.refreshing = false;
+        state.paused_until = None;
+        state.failures_in_a_row = 0;
+        Ok(Some(state.generation))
+    }
+
+    async fn record_failure(
+        &self,
+        scope: &str,
+        lease: &Lease,
+        failure: &Failure,
+    ) -> Result<(), CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scopes.entry(scope.to_owned()).or_default();
+        if !state.holds(lease) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        state.paused_until = now.checked_add(failure.pause);
+        state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
+        state.failed_calls.extend(
+            failure
+                .failed_calls
+                .iter()
+                .filter_map(|age| now.checked_sub(*age)),
+        );
+        state
+            .failed_calls
+            .retain(|at| now.saturating_duration_since(*at) < FAILED_CALL_MEMORY);
+        Ok(())
+    }
+
+    async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        if let Some(state) = scopes.get_mut(scope) {
+            if state.holds(lease) {
+                state.lease = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(&self, scope: &str) -> Result<(), CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scopes.entry(scope.to_owned()).or_default();
+        state.generation += 1;
+        state.tokens = None;
+        state.refreshing = false;
+        state.paused_until = None;
+        state.failures_in_a_row = 0;
+        Ok(())
+    }
+}
