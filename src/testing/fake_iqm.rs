@@ -18,6 +18,7 @@ use crate::IqmAuth;
 use crate::clock::{Clock, SystemClock};
 use crate::config::IqmAuthBuilder;
 
+use super::answer::Answer;
 use super::routes::{login, logout, protected_api, sign_up, token};
 use super::server::Shared;
 
@@ -33,59 +34,6 @@ pub const EMAIL: &str = "ops@acme.example";
 pub const PASSWORD: &str = "Correct-Horse-1!";
 /// The workspace id the fake's login answers with.
 pub const OW_ID: u64 = 200_001;
-
-/// How the fake answers a login or refresh call that it would otherwise accept.
-#[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
-pub enum Answer {
-    /// A correct token answer.
-    #[default]
-    Normal,
-    /// A failure with this status and an IQM error envelope.
-    Status(u16),
-    /// A failure with this status, an IQM error envelope and `Retry-After: <seconds>`.
-    StatusRetryAfter(u16, u64),
-    /// Status 200 with JSON cut off half-way.
-    TruncatedJson,
-    /// Status 200 with an HTML page.
-    Html,
-    /// Status 200 with an IQM error envelope (`"success": false`).
-    ErrorEnvelope,
-    /// Status 200, a token answer without `access_token`.
-    MissingAccessToken,
-    /// Status 200, a token answer whose access token is empty.
-    EmptyAccessToken,
-    /// Status 200, a token answer whose access token contains CR LF and a header.
-    HeaderInjection,
-    /// Status 200, a login answer without `owId`.
-    MissingOwId,
-    /// Status 200 and this body, as is.
-    Raw(String),
-    /// An HTML page of `size` bytes with this status, and `Retry-After: <seconds>` if given: a
-    /// proxy's error page, say.
-    Page {
-        /// The HTTP status.
-        status: u16,
-        /// The size of the body in bytes.
-        size: usize,
-        /// The `Retry-After` seconds, if any.
-        retry_after: Option<u64>,
-    },
-    /// Status 200, half a token answer, then the connection is cut.
-    ResetMidBody,
-}
-
-impl Answer {
-    /// Whether the fake acts on the call before it answers this way: a refresh answered so
-    /// rotates the refresh token, as IQM would before its answer is lost on the way (a cut
-    /// connection, a truncated body).
-    pub(super) fn acts(&self) -> bool {
-        matches!(
-            self,
-            Self::Normal | Self::TruncatedJson | Self::ResetMidBody
-        )
-    }
-}
 
 /// What the fake saw of one request to its protected API (never the secrets themselves).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +54,10 @@ pub struct SeenRequest {
 /// A fake IQM server on `127.0.0.1`, stopped when dropped.
 ///
 /// It checks what real IQM checks: Basic client credentials on login, refresh and sign-up,
-/// `X-IAA-HOST` and the user's password on login, a live bearer token and an `X-IAA-OW-ID` on
-/// every other path (its "protected API", which answers 200 with the path and workspace it
-/// saw). Its counters count every call received, failed ones included.
+/// `X-IAA-HOST` and the user's password on login, a refresh token presented by the client it
+/// was issued to, a live bearer token and an `X-IAA-OW-ID` on every other path (its "protected
+/// API", which answers 200 with the path and workspace it saw, and the `user` and `clientId`
+/// the token was issued to). Its counters count every call received, failed ones included.
 pub struct FakeIqm {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -259,6 +208,15 @@ impl FakeIqm {
     /// [`hold_refresh_answers`](Self::hold_refresh_answers) for an example.
     pub fn refresh_reuses(&self) -> u64 {
         self.shared.counters.refresh_reuses.load(SeqCst)
+    }
+
+    /// When each login and refresh call that got no usable token set (see
+    /// [`failed_auth_calls`](Self::failed_auth_calls)) arrived, on the fake's clock, oldest
+    /// first: for bounds on failed calls in any window of time.
+    pub fn failed_auth_call_times(&self) -> Vec<std::time::Instant> {
+        let mut times = self.shared.failed_auth_arrivals.lock().clone();
+        times.sort_unstable();
+        times
     }
 
     /// What the protected API saw, oldest first.
@@ -435,6 +393,25 @@ impl FakeIqm {
     /// Revokes every refresh token issued so far: refresh calls with them are rejected.
     pub fn revoke_all_refresh_tokens(&self) {
         self.shared.tokens.lock().refresh.clear();
+    }
+
+    /// Lets another user log in, with `password`, besides [`EMAIL`]: a second account on the
+    /// same fake. Its tokens answer the protected API with its `user`.
+    pub fn add_user(&self, email: &str, password: &str) {
+        self.shared
+            .users
+            .lock()
+            .insert(email.to_owned(), password.to_owned());
+    }
+
+    /// Accepts another pair of client credentials besides [`CLIENT_ID`]'s: a second account
+    /// on the same fake. Its tokens answer the protected API with its `clientId`, and its
+    /// refresh tokens are refused to any other client.
+    pub fn add_client(&self, client_id: &str, client_secret: &str) {
+        self.shared
+            .clients
+            .lock()
+            .insert(client_id.to_owned(), client_secret.to_owned());
     }
 
     /// Lets `email` sign up.

@@ -19,12 +19,14 @@
 //! # }
 //! ```
 
+mod answer;
 mod clock;
 mod fake_iqm;
 mod routes;
 mod server;
 
+pub use answer::Answer;
 pub use clock::ManualClock;
 pub use fake_iqm::{
-    Answer, CLIENT_ID, CLIENT_SECRET, EMAIL, FakeIqm, OW_ID, PASSWORD, SeenRequest, WORKSPACE_HOST,
+    CLIENT_ID, CLIENT_SECRET, EMAIL, FakeIqm, OW_ID, PASSWORD, SeenRequest, WORKSPACE_HOST,
 };

@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::fake_iqm::{Answer, EMAIL, PASSWORD, SeenRequest, WORKSPACE_HOST};
-use super::server::{Shape, Shared, basic_ok, envelope_error};
+use super::answer::Answer;
+use super::fake_iqm::{SeenRequest, WORKSPACE_HOST};
+use super::server::{Owner, Shape, Shared, envelope_error};
 
 const USER_NOT_ALLOWED: &str = "User doesn't exist or user is not allowed to provided workspace.";
 
@@ -20,9 +21,17 @@ pub(super) async fn login(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = shared.clock.now();
+    let (response, usable) = answer_login(&shared, &headers, &body).await;
+    shared.auth_call_answered(arrived, usable);
+    response
+}
+
+/// A login's answer, and whether it carries a usable token set.
+async fn answer_login(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> (Response, bool) {
     shared.counters.logins.fetch_add(1, SeqCst);
     if let Some(limited) = shared.rate_limit() {
-        return limited;
+        return (limited, false);
     }
     let (delay, hold, answer) = {
         let mut knobs = shared.knobs.lock();
@@ -33,21 +42,39 @@ pub(super) async fn login(
         (knobs.login_delay, knobs.login_hold, answer)
     };
     tokio::time::sleep(delay).await;
-    if !basic_ok(&headers) {
-        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
-    }
-    if headers.get("x-iaa-host").and_then(|v| v.to_str().ok()) != Some(WORKSPACE_HOST) {
-        return envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED);
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return envelope_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
+    let Some(client_id) = shared.client(headers) else {
+        let refused = envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
+        return (refused, false);
     };
-    if body["grantType"] != "password" || body["email"] != EMAIL || body["password"] != PASSWORD {
-        return envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED);
+    if headers.get("x-iaa-host").and_then(|v| v.to_str().ok()) != Some(WORKSPACE_HOST) {
+        return (
+            envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED),
+            false,
+        );
     }
-    let response = shared.issue(&answer, Shape::Login, None);
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return (
+            envelope_error(StatusCode::BAD_REQUEST, "Invalid JSON body"),
+            false,
+        );
+    };
+    let (email, password) = (
+        body["email"].as_str().unwrap_or_default(),
+        body["password"].as_str().unwrap_or_default(),
+    );
+    if body["grantType"] != "password" || !shared.password_ok(email, password) {
+        return (
+            envelope_error(StatusCode::FORBIDDEN, USER_NOT_ALLOWED),
+            false,
+        );
+    }
+    let owner = Owner {
+        client_id,
+        email: email.to_owned(),
+    };
+    let response = shared.issue(&answer, Shape::Login, None, &owner);
     tokio::time::sleep(hold).await;
-    response
+    (response, answer == Answer::Normal)
 }
 
 pub(super) async fn token(
@@ -55,9 +82,21 @@ pub(super) async fn token(
     headers: HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let arrived = shared.clock.now();
+    let (response, usable) = answer_refresh(&shared, &headers, form).await;
+    shared.auth_call_answered(arrived, usable);
+    response
+}
+
+/// A refresh call's answer, and whether it carries a usable token set.
+async fn answer_refresh(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> (Response, bool) {
     shared.counters.refreshes.fetch_add(1, SeqCst);
     if let Some(limited) = shared.rate_limit() {
-        return limited;
+        return (limited, false);
     }
     let (delay, hold, answer, rotate) = {
         let mut knobs = shared.knobs.lock();
@@ -74,15 +113,17 @@ pub(super) async fn token(
     };
     tokio::time::sleep(delay).await;
     let invalid_grant = |description: &str| {
-        (
+        let response = (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({"error": "invalid_grant", "error_description": description})),
         )
-            .into_response()
+            .into_response();
+        (response, false)
     };
-    if !basic_ok(&headers) {
-        return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
-    }
+    let Some(client_id) = shared.client(headers) else {
+        let refused = envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
+        return (refused, false);
+    };
     let Ok(axum::Form(form)) = form else {
         return invalid_grant("The body is not a form");
     };
@@ -92,7 +133,7 @@ pub(super) async fn token(
     let Some(presented) = form.get("refresh_token") else {
         return invalid_grant("Missing refresh token");
     };
-    {
+    let owner = {
         let mut tokens = shared.tokens.lock();
         if !tokens.refresh.contains(presented) {
             if tokens.spent_refresh.contains(presented) {
@@ -100,15 +141,20 @@ pub(super) async fn token(
             }
             return invalid_grant("Invalid refresh token");
         }
+        let owner = tokens.owners.get(presented).cloned();
+        let Some(owner) = owner.filter(|owner| owner.client_id == client_id) else {
+            return invalid_grant("The refresh token was issued to another client");
+        };
         if rotate && answer.acts() {
             tokens.refresh.remove(presented);
             tokens.spent_refresh.insert(presented.clone());
         }
-    }
+        owner
+    };
     let keep = (!rotate).then(|| presented.clone());
-    let response = shared.issue(&answer, Shape::Refresh, keep);
+    let response = shared.issue(&answer, Shape::Refresh, keep, &owner);
     tokio::time::sleep(hold).await;
-    response
+    (response, answer == Answer::Normal)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -120,14 +166,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn live(shared: &Shared, headers: &HeaderMap) -> bool {
-    bearer(headers).is_some_and(|token| {
-        shared
-            .tokens
-            .lock()
-            .access
-            .get(token)
-            .is_some_and(|expires| shared.clock.now() < *expires)
-    })
+    live_owner(shared, headers).is_some()
+}
+
+/// The owner of the live bearer token in `headers`, if there is one.
+fn live_owner(shared: &Shared, headers: &HeaderMap) -> Option<Owner> {
+    let token = bearer(headers)?;
+    let tokens = shared.tokens.lock();
+    let expires = tokens.access.get(token)?;
+    (shared.clock.now() < *expires)
+        .then(|| tokens.owners.get(token).cloned())
+        .flatten()
 }
 
 pub(super) async fn logout(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -153,9 +202,9 @@ pub(super) async fn sign_up(
     if let Some(limited) = shared.rate_limit() {
         return limited;
     }
-    if !basic_ok(&headers) {
+    let Some(client_id) = shared.client(&headers) else {
         return envelope_error(StatusCode::UNAUTHORIZED, "Invalid client credentials");
-    }
+    };
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return envelope_error(StatusCode::BAD_REQUEST, "Invalid JSON body");
     };
@@ -178,7 +227,11 @@ pub(super) async fn sign_up(
             "Password must have at least 8 characters, one upper-case, one lower-case and one special character.",
         );
     }
-    shared.issue(&Answer::Normal, Shape::SignUp, None)
+    let owner = Owner {
+        client_id,
+        email: email.to_owned(),
+    };
+    shared.issue(&Answer::Normal, Shape::SignUp, None, &owner)
 }
 
 pub(super) async fn protected_api(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -197,7 +250,8 @@ pub(super) async fn protected_api(State(shared): State<Arc<Shared>>, request: Re
         .iter()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
-    let valid_bearer = live(&shared, headers);
+    let owner = live_owner(&shared, headers);
+    let valid_bearer = owner.is_some();
     shared.seen.lock().push(SeenRequest {
         method: request.method().to_string(),
         path: request.uri().path().to_owned(),
@@ -216,10 +270,10 @@ pub(super) async fn protected_api(State(shared): State<Arc<Shared>>, request: Re
         )
             .into_response();
     }
-    if !valid_bearer {
+    let Some(owner) = owner else {
         shared.counters.unauthorized.fetch_add(1, SeqCst);
         return envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized");
-    }
+    };
     let [ow_id] = ow_ids.as_slice() else {
         return envelope_error(
             StatusCode::BAD_REQUEST,
@@ -234,7 +288,13 @@ pub(super) async fn protected_api(State(shared): State<Arc<Shared>>, request: Re
     }
     axum::Json(json!({
         "success": true,
-        "data": {"method": request.method().as_str(), "path": request.uri().path(), "owId": ow_id},
+        "data": {
+            "method": request.method().as_str(),
+            "path": request.uri().path(),
+            "owId": ow_id,
+            "user": owner.email,
+            "clientId": owner.client_id,
+        },
     }))
     .into_response()
 }

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::clock::Clock;
 
-use super::fake_iqm::{Answer, CLIENT_ID, CLIENT_SECRET, OW_ID, SeenRequest};
+use super::answer::Answer;
+use super::fake_iqm::{CLIENT_ID, CLIENT_SECRET, EMAIL, OW_ID, PASSWORD, SeenRequest};
 
 #[derive(Debug)]
 pub(super) struct Knobs {
@@ -77,7 +78,16 @@ pub(super) struct Tokens {
     pub(super) refresh: HashSet<String>,
     /// Refresh tokens rotated away: presenting one again is a reuse.
     pub(super) spent_refresh: HashSet<String>,
+    /// Whom each access and refresh token ever issued belongs to.
+    pub(super) owners: HashMap<String, Owner>,
     pub(super) next: u64,
+}
+
+/// The account a token was issued to: the client that asked for it and the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Owner {
+    pub(super) client_id: String,
+    pub(super) email: String,
 }
 
 #[derive(Debug)]
@@ -90,6 +100,12 @@ pub(super) struct Shared {
     pub(super) seen: Mutex<Vec<SeenRequest>>,
     /// When the calls admitted within the last minute arrived, for the rate limit.
     pub(super) admitted: Mutex<VecDeque<Instant>>,
+    /// The client credentials accepted, by client id.
+    pub(super) clients: Mutex<HashMap<String, String>>,
+    /// The users who may log in, with their passwords, by email.
+    pub(super) users: Mutex<HashMap<String, String>>,
+    /// When each login or refresh call that got no usable token set arrived.
+    pub(super) failed_auth_arrivals: Mutex<Vec<Instant>>,
 }
 
 /// The shape of a token answer: each endpoint answers its own.
@@ -111,16 +127,6 @@ pub(super) fn envelope_error(status: StatusCode, error: &str) -> Response {
         .into_response()
 }
 
-pub(super) fn basic_ok(headers: &HeaderMap) -> bool {
-    let expected =
-        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        == Some(expected.as_str())
-}
-
 impl Shared {
     pub(super) fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
@@ -131,6 +137,38 @@ impl Shared {
             invited: Mutex::default(),
             seen: Mutex::default(),
             admitted: Mutex::default(),
+            clients: Mutex::new(HashMap::from([(
+                CLIENT_ID.to_owned(),
+                CLIENT_SECRET.to_owned(),
+            )])),
+            users: Mutex::new(HashMap::from([(EMAIL.to_owned(), PASSWORD.to_owned())])),
+            failed_auth_arrivals: Mutex::default(),
+        }
+    }
+
+    /// The client id of the Basic client credentials in `headers`, if the fake accepts them.
+    pub(super) fn client(&self, headers: &HeaderMap) -> Option<String> {
+        let encoded = headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Basic ")?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        let (id, secret) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        (self.clients.lock().get(id).map(String::as_str) == Some(secret)).then(|| id.to_owned())
+    }
+
+    /// Whether `email` may log in with `password`.
+    pub(super) fn password_ok(&self, email: &str, password: &str) -> bool {
+        self.users.lock().get(email).map(String::as_str) == Some(password)
+    }
+
+    /// Records a login or refresh call that arrived at `arrived`, if it got no usable set.
+    pub(super) fn auth_call_answered(&self, arrived: Instant, usable: bool) {
+        if !usable {
+            self.failed_auth_arrivals.lock().push(arrived);
         }
     }
 
@@ -162,13 +200,14 @@ impl Shared {
         Some(response)
     }
 
-    /// Issues a token set and answers it in `shape`, the way `answer` says. `kept_refresh` is
-    /// the refresh token a non-rotating refresh answers with again.
+    /// Issues a token set to `owner` and answers it in `shape`, the way `answer` says.
+    /// `kept_refresh` is the refresh token a non-rotating refresh answers with again.
     pub(super) fn issue(
         &self,
         answer: &Answer,
         shape: Shape,
         kept_refresh: Option<String>,
+        owner: &Owner,
     ) -> Response {
         let (lifetime, expires_in) = {
             let knobs = self.knobs.lock();
@@ -190,6 +229,8 @@ impl Shared {
                 tokens.access.insert(access.clone(), expires);
             }
             tokens.refresh.insert(refresh.clone());
+            tokens.owners.insert(access.clone(), owner.clone());
+            tokens.owners.insert(refresh.clone(), owner.clone());
             (access, refresh)
         };
         let mut data = json!({

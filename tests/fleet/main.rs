@@ -1,8 +1,13 @@
 //! The fleet: replicas as separate processes sharing one IQM session through a real
 //! `redis-server`, against the fake IQM. Each test starts its own server on a free port.
 
+mod accounts;
+mod faults;
+mod keys;
 mod redis_server;
 mod replica;
+mod rollout;
+mod rotation;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! A real `redis-server` on a free loopback port, one per test, stopped by its pid.
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +11,50 @@ pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
 }
+
+/// A reply in the Redis protocol, binary-safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Resp>),
+}
+
+impl Resp {
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Self::Bulk(Some(bytes)) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Self::Simple(text) | Self::Error(text) => text.clone(),
+            Self::Integer(n) => n.to_string(),
+            Self::Bulk(bytes) => {
+                String::from_utf8_lossy(bytes.as_deref().unwrap_or_default()).into()
+            }
+            Self::Array(items) => format!("{items:?}"),
+        }
+    }
+
+    pub fn items(&self) -> &[Resp] {
+        match self {
+            Self::Array(items) => items,
+            _ => &[],
+        }
+    }
+}
+
+/// Hashes by name, each with its fields.
+pub type Hashes = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// Every key of the server with its remaining TTL and `DUMP` payload: what a snapshot holds.
+#[derive(Debug, Clone)]
+pub struct Snapshot(Vec<(Vec<u8>, i64, Vec<u8>)>);
 
 /// A free loopback port (nothing listens on it once this returns).
 pub fn free_port() -> u16 {
@@ -28,6 +73,16 @@ impl RedisServer {
 
     /// Starts a server on `port`, requiring `password` if given.
     pub fn start_with(port: u16, password: Option<&str>) -> Option<Self> {
+        Self::start_in(port, password, None)
+    }
+
+    /// Starts a server on `port` that loads `dir/dump.rdb` if there is one, and writes it on
+    /// [`save`](Self::save) only.
+    pub fn start_persistent(port: u16, dir: &std::path::Path) -> Option<Self> {
+        Self::start_in(port, None, Some(dir))
+    }
+
+    fn start_in(port: u16, password: Option<&str>, dir: Option<&std::path::Path>) -> Option<Self> {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -37,6 +92,12 @@ impl RedisServer {
             .stderr(Stdio::null());
         if let Some(password) = password {
             command.args(["--requirepass", password]);
+        }
+        if let Some(dir) = dir {
+            command
+                .arg("--dir")
+                .arg(dir)
+                .args(["--dbfilename", "dump.rdb"]);
         }
         let child = match command.spawn() {
             Ok(child) => child,
@@ -117,12 +178,136 @@ impl RedisServer {
             .collect()
     }
 
+    /// Sends one command, its arguments binary-safe, and reads its reply.
+    pub fn command(&self, args: &[&[u8]]) -> Resp {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&request).expect("redis reads");
+        read_reply(&mut std::io::BufReader::new(stream))
+    }
+
+    /// The names of every key whose name starts with `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Vec<Vec<u8>> {
+        let pattern = format!("{prefix}*");
+        let mut keys: Vec<Vec<u8>> = self
+            .command(&[b"KEYS", pattern.as_bytes()])
+            .items()
+            .iter()
+            .filter_map(|k| k.bytes().map(<[u8]>::to_vec))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The type of `key` (`string`, `hash`, `none`…).
+    pub fn kind(&self, key: &[u8]) -> String {
+        self.command(&[b"TYPE", key]).text()
+    }
+
+    /// Every hash under `iqm-auth:` with all its fields: what the shared sessions hold.
+    pub fn hashes(&self) -> Hashes {
+        self.keys("iqm-auth:")
+            .into_iter()
+            .filter(|key| self.kind(key) == "hash")
+            .map(|key| {
+                let fields = self.command(&[b"HGETALL", &key]);
+                let pairs = fields
+                    .items()
+                    .chunks(2)
+                    .map(|pair| {
+                        let bytes = |r: &Resp| r.bytes().unwrap_or_default().to_vec();
+                        (bytes(&pair[0]), bytes(&pair[1]))
+                    })
+                    .collect();
+                (key, pairs)
+            })
+            .collect()
+    }
+
+    /// What the server holds now, as a snapshot (`DUMP` and `PTTL` of every key).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(
+            self.keys("")
+                .into_iter()
+                .filter_map(|key| {
+                    let ttl = match self.command(&[b"PTTL", &key]) {
+                        Resp::Integer(ttl) if ttl > 0 => ttl,
+                        _ => 0,
+                    };
+                    let dump = self.command(&[b"DUMP", &key]).bytes()?.to_vec();
+                    Some((key, ttl, dump))
+                })
+                .collect(),
+        )
+    }
+
+    /// Rolls the server back to `snapshot`: everything written since is lost, as when Redis
+    /// restarts from an older RDB file or fails over to a replica that missed the last writes.
+    pub fn roll_back_to(&self, snapshot: &Snapshot) {
+        assert_eq!(self.command(&[b"FLUSHALL"]), Resp::Simple("OK".into()));
+        for (key, ttl, dump) in &snapshot.0 {
+            let ttl = ttl.to_string();
+            let restored = self.command(&[b"RESTORE", key, ttl.as_bytes(), dump, b"REPLACE"]);
+            assert_eq!(restored, Resp::Simple("OK".into()), "RESTORE");
+        }
+    }
+
+    /// Writes the data set to `dump.rdb` in the server's directory.
+    pub fn save(&self) {
+        assert_eq!(self.command(&[b"SAVE"]), Resp::Simple("OK".into()));
+    }
+
+    /// Makes the server answer nothing for `seconds` (`DEBUG SLEEP`), from a thread of its own;
+    /// returns once the server has started sleeping.
+    pub fn stall(&self, seconds: f64) -> std::thread::JoinHandle<()> {
+        let port = self.port;
+        let sleeper = std::thread::spawn(move || {
+            let _ = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                s.write_all(format!("DEBUG SLEEP {seconds}\r\n").as_bytes())?;
+                let mut reply = [0u8; 5];
+                s.read_exact(&mut reply)
+            });
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        sleeper
+    }
+
     /// Stops the server by its pid.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+fn read_reply(reader: &mut impl BufRead) -> Resp {
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line).expect("a reply");
+    let text = String::from_utf8_lossy(&line[1..]).trim_end().to_owned();
+    let number = || text.parse::<i64>().expect("a length");
+    match line.first() {
+        Some(b'+') => Resp::Simple(text),
+        Some(b'-') => Resp::Error(text),
+        Some(b':') => Resp::Integer(number()),
+        Some(b'$') if number() < 0 => Resp::Bulk(None),
+        Some(b'$') => {
+            let mut bytes = vec![0; usize::try_from(number()).expect("a length") + 2];
+            reader.read_exact(&mut bytes).expect("a bulk string");
+            bytes.truncate(bytes.len() - 2);
+            Resp::Bulk(Some(bytes))
+        }
+        Some(b'*') if number() < 0 => Resp::Array(Vec::new()),
+        Some(b'*') => Resp::Array((0..number()).map(|_| read_reply(reader)).collect()),
+        _ => panic!("not a reply: {line:?}"),
     }
 }
 
