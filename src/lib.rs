@@ -70,8 +70,8 @@ pub use clock::{Clock, SystemClock};
 pub use config::IqmAuthBuilder;
 pub use error::{AuthEndpoint, AuthError, ConfigError, FailureClass, IqmMessage};
 pub use fleet::{
-    CoordinatorError, Failure, Lease, MemoryCoordinator, Publication, SessionCoordinator,
-    SharedTokens,
+    CallAllowance, CoordinatorError, Failure, Lease, MemoryCoordinator, Publication,
+    SessionCoordinator, SharedTokens,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{
-    CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication, SessionCoordinator,
-    SharedTokens,
+    CallAllowance, CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication,
+    SessionCoordinator, SharedTokens,
 };
 use crate::store::StoredTokens;
 
-/// How long a failed auth call stays in the fleet's record.
+/// How long a failed auth call counts against the fleet's budget.
 const FAILED_CALL_MEMORY: Duration = Duration::from_secs(60);
 
 /// A [`SessionCoordinator`] in memory: layers in one process that share it share one session.
@@ -50,8 +50,52 @@ struct MemoryScope {
     refreshing: bool,
     paused_until: Option<Instant>,
     failures_in_a_row: u32,
-    failed_calls: VecDeque<Instant>,
+    calls: Ledger,
     lease: Option<(String, Instant)>,
+}
+
+/// The fleet's budget for failed auth calls: the calls of the last minute, by name, and when the
+/// burst is full again (the cell rate algorithm's "theoretical arrival time").
+#[derive(Debug, Default)]
+struct Ledger {
+    recent: VecDeque<(String, Instant)>,
+    full_at: Option<Instant>,
+}
+
+impl Ledger {
+    fn reserve(&mut self, call: &str, allowance: CallAllowance, now: Instant) -> Option<Duration> {
+        let per_minute = allowance.per_minute.max(1);
+        let interval = FAILED_CALL_MEMORY / per_minute;
+        self.recent
+            .retain(|(_, at)| now.saturating_duration_since(*at) < FAILED_CALL_MEMORY);
+        let mut wait = Duration::ZERO;
+        if self.recent.len() >= per_minute as usize {
+            if let Some((_, oldest)) = self.recent.front() {
+                wait = (*oldest + FAILED_CALL_MEMORY).saturating_duration_since(now);
+            }
+        }
+        let full_at = self.full_at.filter(|at| *at > now).unwrap_or(now);
+        let tolerance = interval * (allowance.burst.max(1) - 1);
+        wait = wait.max(
+            full_at
+                .saturating_duration_since(now)
+                .saturating_sub(tolerance),
+        );
+        if !wait.is_zero() {
+            return Some(wait);
+        }
+        self.full_at = Some(full_at + interval);
+        self.recent.push_back((call.to_owned(), now));
+        None
+    }
+
+    fn refund(&mut self, call: &str, allowance: CallAllowance) {
+        if let Some(at) = self.recent.iter().position(|(name, _)| name == call) {
+            self.recent.remove(at);
+            let interval = FAILED_CALL_MEMORY / allowance.per_minute.max(1);
+            self.full_at = self.full_at.and_then(|at| at.checked_sub(interval));
+        }
+    }
 }
 
 impl MemoryScope {
@@ -117,14 +161,7 @@ impl SessionCoordinator for MemoryCoordinator {
             )
             .in_epoch(s.epoch.as_str())
             .paused(s.paused_until.map_or(Duration::ZERO, left))
-            .with_failures(
-                s.failures_in_a_row,
-                s.failed_calls
-                    .iter()
-                    .map(|at| now.saturating_duration_since(*at))
-                    .filter(|age| *age < FAILED_CALL_MEMORY)
-                    .collect(),
-            );
+            .with_failures(s.failures_in_a_row);
             if let Some((_, expires_at)) = &s.tokens {
                 shared = shared.expiring_in(left(*expires_at));
             }
@@ -196,15 +233,30 @@ impl SessionCoordinator for MemoryCoordinator {
         let now = Instant::now();
         state.paused_until = now.checked_add(failure.pause);
         state.failures_in_a_row = state.failures_in_a_row.saturating_add(1);
-        state.failed_calls.extend(
-            failure
-                .failed_calls
-                .iter()
-                .filter_map(|age| now.checked_sub(*age)),
-        );
-        state
-            .failed_calls
-            .retain(|at| now.saturating_duration_since(*at) < FAILED_CALL_MEMORY);
+        Ok(())
+    }
+
+    async fn reserve_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<Option<Duration>, CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scope_state(&mut scopes, scope);
+        Ok(state.calls.reserve(call, allowance, Instant::now()))
+    }
+
+    async fn refund_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<(), CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        if let Some(state) = scopes.get_mut(scope) {
+            state.calls.refund(call, allowance);
+        }
         Ok(())
     }
 

@@ -17,9 +17,10 @@
 //! - Before presenting a refresh token, the holder marks the set "refreshing"; a replica that
 //!   takes over a set so marked logs in instead, so a rotated refresh token is never presented
 //!   twice.
-//! - A holder whose renewal failed records its failed auth calls and pauses the fleet's
-//!   renewals, longer with each failure in a row: the next holder starts from the fleet's count,
-//!   so an outage costs the auth calls of one process, not of every replica in turn.
+//! - Every auth call is taken from the fleet's budget for failed calls before it is sent, and
+//!   given back if it yields a token; a holder whose renewal failed pauses the fleet's renewals,
+//!   longer with each failure in a row. So an outage costs the auth calls of one process, not
+//!   of every replica in turn.
 //! - Expiry is shared as a remaining lifetime on the coordinator's clock, so replicas whose
 //!   clocks differ agree on when a set expires.
 
@@ -70,8 +71,6 @@ pub struct SharedTokens {
     pub paused_for: Option<Duration>,
     /// How many holders' renewals failed in a row since the last published set.
     pub failures_in_a_row: u32,
-    /// How long ago each failed auth call the fleet recorded in the last minute was sent.
-    pub recent_failed_calls: Vec<Duration>,
 }
 
 impl SharedTokens {
@@ -87,7 +86,6 @@ impl SharedTokens {
             foreign_key: false,
             paused_for: None,
             failures_in_a_row: 0,
-            recent_failed_calls: Vec::new(),
         }
     }
 
@@ -118,13 +116,11 @@ impl SharedTokens {
         }
     }
 
-    /// The same, with the fleet's record of failures: renewals failed in a row, and the ages of
-    /// the failed auth calls of the last minute.
+    /// The same, with the fleet's renewals failed `in_a_row` since the last published set.
     #[must_use]
-    pub fn with_failures(self, in_a_row: u32, recent_failed_calls: Vec<Duration>) -> Self {
+    pub fn with_failures(self, in_a_row: u32) -> Self {
         Self {
             failures_in_a_row: in_a_row,
-            recent_failed_calls,
             ..self
         }
     }
@@ -158,12 +154,17 @@ pub struct Lease {
 impl Lease {
     /// A lease value no other replica or taking uses: this process's random name and a counter.
     pub fn unique() -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let taking = COUNTER.fetch_add(1, Ordering::Relaxed);
         Self {
-            fence: format!("{}:{taking}", process_name()),
+            fence: unique_name(),
         }
     }
+}
+
+/// A name no other replica or call uses: this process's random name and a counter.
+pub(crate) fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let taking = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}:{taking}", process_name())
 }
 
 /// A name for this process, different between processes and runs.
@@ -199,8 +200,28 @@ pub struct Publication {
 pub struct Failure {
     /// How long the fleet's renewals pause.
     pub pause: Duration,
-    /// How long ago each failed auth call of the renewal was sent.
-    pub failed_calls: Vec<Duration>,
+}
+
+/// The fleet's budget for failed auth calls: at most `per_minute` in any minute, and at most
+/// `burst` in a row before it refills at `per_minute` a minute (the layer's
+/// [`auth_call_budget`](crate::IqmAuthBuilder::auth_call_budget)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallAllowance {
+    /// Failed calls a minute.
+    pub per_minute: u32,
+    /// Failed calls in a row.
+    pub burst: u32,
+}
+
+impl CallAllowance {
+    /// At most `per_minute` failed calls a minute, `burst` in a row (each at least 1).
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        Self {
+            per_minute: per_minute.max(1),
+            burst: burst.max(1),
+        }
+    }
 }
 
 /// Why a coordinator could not be reached or did not answer.
@@ -263,10 +284,9 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<u64>, CoordinatorError>;
 
     /// Records that the holder of `lease` failed to renew, if it still holds the lease: counts
-    /// the failure in a row and its failed calls, and pauses the fleet's renewals for
-    /// [`Failure::pause`]. Until then, replicas that need a token fail at once instead of
-    /// calling IQM. A published set ends the pause and the count in a row; the failed calls stay
-    /// counted for a minute.
+    /// the failure in a row, and pauses the fleet's renewals for [`Failure::pause`]. Until then,
+    /// replicas that need a token fail at once instead of calling IQM. A published set ends the
+    /// pause and the count in a row.
     async fn record_failure(
         &self,
         scope: &str,
@@ -295,6 +315,34 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
             tokio::time::sleep(poll.min(deadline - now)).await;
             poll = (poll * 2).min(Duration::from_millis(400));
         }
+    }
+
+    /// Takes one auth call, named `call` (unique), from the fleet's budget for failed calls,
+    /// before it is sent: it counts as failed until it is given back with
+    /// [`refund_call`](Self::refund_call) (it yielded a token), so calls that hang or whose
+    /// replica crashes count. Returns `None` if it was taken, or how long until one may be.
+    /// Every replica's auth calls go through it, so the fleet spends what one process does,
+    /// whichever replicas make them. The default takes nothing (no fleet-wide budget: each
+    /// replica keeps its own).
+    async fn reserve_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<Option<Duration>, CoordinatorError> {
+        let _ = (scope, call, allowance);
+        Ok(None)
+    }
+
+    /// Gives back a call taken with [`reserve_call`](Self::reserve_call) that yielded a token.
+    async fn refund_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<(), CoordinatorError> {
+        let _ = (scope, call, allowance);
+        Ok(())
     }
 
     /// Gives the lease up, if it is still held.

@@ -105,50 +105,6 @@ impl CallBudget {
     }
 }
 
-/// The fleet's budget for failed calls while this replica renews under the fleet's lease: the
-/// failed calls the shared session recorded, and this renewal's own calls, which it records
-/// there if they fail.
-#[derive(Debug)]
-pub(super) struct FleetCalls {
-    budget: CallBudget,
-    own: Vec<Instant>,
-}
-
-impl FleetCalls {
-    /// A budget holding the fleet's failed calls, made at `recorded` (oldest first).
-    pub(super) fn new(per_minute: u32, burst: u32, recorded: &[Instant]) -> Self {
-        let mut budget = CallBudget::new(per_minute, burst);
-        for at in recorded {
-            budget.charge(*at);
-        }
-        Self {
-            budget,
-            own: Vec::new(),
-        }
-    }
-
-    pub(super) fn wait_at(&self, now: Instant) -> Option<Duration> {
-        self.budget.wait_at(now)
-    }
-
-    pub(super) fn reserve(&mut self, now: Instant) -> Reservation {
-        self.own.push(now);
-        self.budget.reserve(now)
-    }
-
-    pub(super) fn refund(&mut self, reservation: Reservation) {
-        if let Some(at) = self.own.iter().rposition(|t| *t == reservation.0) {
-            self.own.remove(at);
-        }
-        self.budget.refund(reservation);
-    }
-
-    /// This renewal's calls that were not refunded: the failed ones.
-    pub(super) fn own_failed(&self) -> &[Instant] {
-        &self.own
-    }
-}
-
 /// A call taken from the budget before it was sent.
 #[derive(Debug)]
 #[must_use = "a reservation is kept, as a failed call, unless it is refunded"]

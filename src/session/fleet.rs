@@ -25,7 +25,6 @@ use crate::token::{CachedToken, Freshness};
 
 use super::Session;
 use super::acquire::Source;
-use super::budget::FleetCalls;
 use super::lease::UnderLease;
 use super::seen::Seen;
 
@@ -57,8 +56,6 @@ pub(crate) struct Fleet {
     owed_clear: AtomicBool,
     /// A lease taken by a call whose answer was lost: asked for again, or released, later.
     pub(super) uncertain_lease: Mutex<Option<Lease>>,
-    /// The fleet's failed auth calls while this replica renews under the lease.
-    pub(super) calls: Mutex<Option<FleetCalls>>,
     /// Whether a set sealed under another key was warned about.
     pub(super) warned_foreign_key: AtomicBool,
     /// Whether a shared set of another account was warned about.
@@ -74,10 +71,14 @@ impl Fleet {
             seen: Mutex::default(),
             owed_clear: AtomicBool::new(false),
             uncertain_lease: Mutex::new(None),
-            calls: Mutex::new(None),
             warned_foreign_key: AtomicBool::new(false),
             warned_foreign_account: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the coordinator did not answer the last call.
+    pub(super) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
     }
 
     /// The highest shared generation this replica has seen in `epoch`: a shared set below it

@@ -14,7 +14,6 @@ use crate::token::{CachedToken, Freshness, SHARED_UNKNOWN};
 
 use super::Session;
 use super::acquire::Source;
-use super::budget::FleetCalls;
 use super::fleet::Fleet;
 use super::pacing::fleet_pause;
 
@@ -91,7 +90,7 @@ impl Session {
         {
             Ok(token) => token,
             Err((err, failure)) => {
-                if !failure.pause.is_zero() || !failure.failed_calls.is_empty() {
+                if !failure.pause.is_zero() {
                     self.coordinate(
                         fleet,
                         fleet
@@ -151,8 +150,8 @@ impl Session {
         self.cached_from_shared(shared, tokens)
     }
 
-    /// A new token from IQM for the fleet, within the holder's budget, counting the fleet's
-    /// failed calls; on failure, what to record in the shared session.
+    /// A new token from IQM for the fleet, within the holder's budget; on failure, how long
+    /// the fleet pauses.
     async fn obtain_for_fleet(
         &self,
         fleet: &Fleet,
@@ -161,15 +160,6 @@ impl Session {
         reason: RenewReason,
         logout_epoch: u64,
     ) -> Result<Arc<CachedToken>, (AuthError, Failure)> {
-        let (per_minute, burst) = self.policy.auth_call_budget;
-        let imported = self.clock.now();
-        let mut ages = shared.map_or_else(Vec::new, |s| s.recent_failed_calls.clone());
-        ages.sort_unstable_by(|a, b| b.cmp(a));
-        let calls: Vec<_> = ages
-            .iter()
-            .filter_map(|age| imported.checked_sub(*age))
-            .collect();
-        *fleet.calls.lock() = Some(FleetCalls::new(per_minute, burst, &calls));
         let budget = self
             .policy
             .acquire_timeout
@@ -178,28 +168,11 @@ impl Session {
             tokio::time::timeout(budget, self.obtain_from_iqm(reason, base, logout_epoch))
                 .await
                 .unwrap_or(Err(AuthError::BudgetExhausted(budget)));
-        let fleet_calls = fleet.calls.lock().take();
-        let err = match obtained {
-            Ok(token) => return Ok(token),
-            Err(err) => err,
-        };
-        let now = self.clock.now();
-        let failed_calls = fleet_calls.map_or_else(Vec::new, |calls| {
-            calls
-                .own_failed()
-                .iter()
-                .map(|at| now.saturating_duration_since(*at))
-                .collect()
-        });
-        let failures_before = shared.map_or(0, |s| s.failures_in_a_row);
-        let pause = fleet_pause(&err, &self.policy, failures_before);
-        Err((
-            err,
-            Failure {
-                pause,
-                failed_calls,
-            },
-        ))
+        obtained.map_err(|err| {
+            let failures_before = shared.map_or(0, |s| s.failures_in_a_row);
+            let pause = fleet_pause(&err, &self.policy, failures_before);
+            (err, Failure { pause })
+        })
     }
 
     /// Publishes `token` to the fleet under `lease`, above every generation this replica has

@@ -9,9 +9,11 @@ use reqwest::StatusCode;
 use tracing::warn;
 
 use crate::error::{AuthEndpoint, AuthError};
+use crate::fleet::CallAllowance;
 use crate::token::CachedToken;
 
 use super::Session;
+use super::fleet::Fleet;
 
 /// The first backoff between tries of one auth call; it doubles with each try, with jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -34,35 +36,68 @@ impl Session {
     where
         Fut: Future<Output = Result<Arc<CachedToken>, AuthError>>,
     {
-        let (reservation, fleet_reservation) = {
+        let reservation = {
             let mut budget = self.budget.lock();
-            // The fleet's budget while this replica renews for the fleet: the failed calls every
-            // holder made count, so the fleet spends what one process does.
-            let mut fleet = self.fleet.as_ref().map(|fleet| fleet.calls.lock());
-            let mut fleet = fleet.as_mut().and_then(|calls| calls.as_mut());
             let now = self.clock.now();
-            let wait = budget
-                .wait_at(now)
-                .into_iter()
-                .chain(fleet.as_ref().and_then(|calls| calls.wait_at(now)))
-                .max();
-            if let Some(retry_after) = wait {
+            if let Some(retry_after) = budget.wait_at(now) {
                 warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
                 return Err(AuthError::CallBudgetExhausted { retry_after });
             }
-            let fleet_reservation = fleet.as_mut().map(|calls| calls.reserve(now));
-            (budget.reserve(now), fleet_reservation)
+            budget.reserve(now)
+        };
+        let fleet_call = match self.reserve_fleet_call().await {
+            Ok(fleet_call) => fleet_call,
+            Err(retry_after) => {
+                // Not sent: it costs nothing.
+                self.budget.lock().refund(reservation);
+                warn!(%endpoint, ?retry_after, "the fleet's budget for failed IQM auth calls is spent");
+                return Err(AuthError::CallBudgetExhausted { retry_after });
+            }
         };
         let result = call.await;
         if result.is_ok() {
             self.budget.lock().refund(reservation);
-            if let (Some(fleet), Some(fleet_reservation)) = (&self.fleet, fleet_reservation) {
-                if let Some(calls) = fleet.calls.lock().as_mut() {
-                    calls.refund(fleet_reservation);
-                }
+            if let Some((fleet, name)) = fleet_call {
+                let allowance = self.call_allowance();
+                self.coordinate(
+                    fleet,
+                    fleet
+                        .coordinator
+                        .refund_call(&fleet.scope, &name, allowance),
+                )
+                .await;
             }
         }
         result
+    }
+
+    /// Takes the call from the fleet's budget for failed calls, when there is a fleet and its
+    /// coordinator is in reach: every replica's calls count there, so the fleet spends what one
+    /// process does. `Ok(None)` when there is none to take it from (this replica's own budget
+    /// then stands alone); `Err` with how long until a call may be sent when it is spent.
+    async fn reserve_fleet_call(&self) -> Result<Option<(&Fleet, String)>, Duration> {
+        let Some(fleet) = self.fleet.as_ref().filter(|fleet| !fleet.is_down()) else {
+            return Ok(None);
+        };
+        let name = crate::fleet::unique_name();
+        let reserved = self
+            .coordinate(
+                fleet,
+                fleet
+                    .coordinator
+                    .reserve_call(&fleet.scope, &name, self.call_allowance()),
+            )
+            .await;
+        match reserved {
+            Some(None) => Ok(Some((fleet, name))),
+            Some(Some(wait)) => Err(wait),
+            None => Ok(None),
+        }
+    }
+
+    fn call_allowance(&self) -> CallAllowance {
+        let (per_minute, burst) = self.policy.auth_call_budget;
+        CallAllowance::new(per_minute, burst)
     }
 
     /// Tries `call` up to `attempts` times while it fails transiently, each try

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use iqm_auth::testing::{Answer, FakeIqm};
 use iqm_auth::{
-    CoordinatorError, Failure, Lease, MemoryCoordinator, MemoryTokenStore, Publication,
-    SessionCoordinator, SharedTokens, StoreError, StoredTokens, TokenStore,
+    CallAllowance, CoordinatorError, Failure, Lease, MemoryCoordinator, MemoryTokenStore,
+    Publication, SessionCoordinator, SharedTokens, StoreError, StoredTokens, TokenStore,
 };
 
 use crate::support::{Harness, auth_error, get_through};
@@ -200,6 +200,22 @@ impl SessionCoordinator for Named {
         f: &Failure,
     ) -> Result<(), CoordinatorError> {
         self.0.record_failure(s, l, f).await
+    }
+    async fn reserve_call(
+        &self,
+        s: &str,
+        c: &str,
+        a: CallAllowance,
+    ) -> Result<Option<Duration>, CoordinatorError> {
+        self.0.reserve_call(s, c, a).await
+    }
+    async fn refund_call(
+        &self,
+        s: &str,
+        c: &str,
+        a: CallAllowance,
+    ) -> Result<(), CoordinatorError> {
+        self.0.refund_call(s, c, a).await
     }
     async fn release(&self, s: &str, l: &Lease) -> Result<(), CoordinatorError> {
         self.0.release(s, l).await

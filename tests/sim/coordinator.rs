@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iqm_auth::{
-    CoordinatorError, Failure, Lease, Publication, SessionCoordinator, SharedTokens, StoredTokens,
+    CallAllowance, CoordinatorError, Failure, Lease, Publication, SessionCoordinator, SharedTokens,
+    StoredTokens,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -63,7 +64,10 @@ struct Scope {
     refreshing: bool,
     paused_until: Option<Instant>,
     failures_in_a_row: u32,
-    failed_calls: Vec<Instant>,
+    /// The fleet's budget for failed auth calls: the calls of the last minute not given back,
+    /// and when the burst is full again.
+    calls: Vec<(String, Instant)>,
+    calls_full_at: Option<Instant>,
     lease: Option<(String, Instant)>,
 }
 
@@ -272,12 +276,6 @@ impl SessionCoordinator for SimCoordinator {
                     let pause = s
                         .paused_until
                         .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
-                    let failed: Vec<Duration> = s
-                        .failed_calls
-                        .iter()
-                        .map(|at| now.saturating_duration_since(*at))
-                        .filter(|age| *age < Duration::from_secs(60))
-                        .collect();
                     Shown(
                         (
                             s.generation,
@@ -292,7 +290,6 @@ impl SessionCoordinator for SimCoordinator {
                                 (t, expires_at.saturating_duration_since(now))
                             }),
                             s.failures_in_a_row,
-                            failed,
                             s.epoch.clone(),
                         ),
                     )
@@ -301,7 +298,7 @@ impl SessionCoordinator for SimCoordinator {
             .await?;
         let sim = &self.redis.sim;
         Ok(shared.map(
-            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, failed, epoch))| {
+            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, epoch))| {
                 if refreshing {
                     sim.cover("redis read: set marked refreshing");
                 }
@@ -312,7 +309,7 @@ impl SessionCoordinator for SimCoordinator {
                 let shared = SharedTokens::new(generation, tokens.map(|(t, _)| t), refreshing)
                     .in_epoch(epoch)
                     .paused(pause)
-                    .with_failures(in_a_row, failed);
+                    .with_failures(in_a_row);
                 match expires_in {
                     Some(left) => shared.expiring_in(left),
                     None => shared,
@@ -411,30 +408,77 @@ impl SessionCoordinator for SimCoordinator {
         lease: &Lease,
         failure: &Failure,
     ) -> Result<(), CoordinatorError> {
-        let name = format!(
-            "record_failure pause {:?}, {} failed calls",
-            failure.pause,
-            failure.failed_calls.len()
-        );
-        self.command(&name, |s, now| {
-            let state = s.scope(scope);
-            if state.holds(lease, now) {
-                state.paused_until = now.checked_add(failure.pause);
-                state.failures_in_a_row += 1;
-                state.failed_calls.extend(
-                    failure
-                        .failed_calls
-                        .iter()
-                        .filter_map(|age| now.checked_sub(*age)),
-                );
-                state
-                    .failed_calls
-                    .retain(|at| now.saturating_duration_since(*at) < Duration::from_secs(60));
-            }
-        })
+        self.command(
+            &format!("record_failure pause {:?}", failure.pause),
+            |s, now| {
+                let state = s.scope(scope);
+                if state.holds(lease, now) {
+                    state.paused_until = now.checked_add(failure.pause);
+                    state.failures_in_a_row += 1;
+                }
+            },
+        )
         .await?;
         self.redis.sim.cover("redis fleet pause set");
         Ok(())
+    }
+
+    async fn reserve_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<Option<Duration>, CoordinatorError> {
+        let minute = Duration::from_secs(60);
+        let wait = self
+            .command("reserve_call", |s, now| {
+                let state = s.scope(scope);
+                let interval = minute / allowance.per_minute;
+                state
+                    .calls
+                    .retain(|(_, at)| now.saturating_duration_since(*at) < minute);
+                let mut wait = Duration::ZERO;
+                if state.calls.len() >= allowance.per_minute as usize {
+                    wait = (state.calls[0].1 + minute).saturating_duration_since(now);
+                }
+                let full_at = state.calls_full_at.filter(|at| *at > now).unwrap_or(now);
+                let tolerance = interval * (allowance.burst - 1);
+                wait = wait.max(
+                    full_at
+                        .saturating_duration_since(now)
+                        .saturating_sub(tolerance),
+                );
+                if !wait.is_zero() {
+                    return Some(wait);
+                }
+                state.calls_full_at = Some(full_at + interval);
+                state.calls.push((call.to_owned(), now));
+                None
+            })
+            .await?;
+        self.redis.sim.cover(if wait.is_some() {
+            "redis fleet call budget spent"
+        } else {
+            "redis fleet call taken"
+        });
+        Ok(wait)
+    }
+
+    async fn refund_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<(), CoordinatorError> {
+        self.command("refund_call", |s, _| {
+            let state = s.scope(scope);
+            if let Some(at) = state.calls.iter().position(|(name, _)| name == call) {
+                state.calls.remove(at);
+                let interval = Duration::from_secs(60) / allowance.per_minute;
+                state.calls_full_at = state.calls_full_at.and_then(|at| at.checked_sub(interval));
+            }
+        })
+        .await
     }
 
     async fn release(&self, scope: &str, lease: &Lease) -> Result<(), CoordinatorError> {

@@ -2,15 +2,17 @@
 //! Valkey), kept by Lua scripts so that every check-and-set is one atomic step.
 //!
 //! Keys, under `iqm-auth:{<scope>}:` (the braces keep them in one cluster slot):
-//! - `session`: a hash of `gen` (the shared generation), `set` (the sealed token set), `key`
-//!   (the id of the key it is sealed under), `expires_at` (on Redis's clock), `refreshing` (set
-//!   while the lease holder presents the set's refresh token), and the fleet's failures:
-//!   `failures` (renewals failed in a row), `failed` (the failed auth calls of the last minute)
-//!   and `paused_until` (on Redis's clock);
+//! - `session`: a hash of `epoch` (made with the session), `gen` (the shared generation), `set`
+//!   (the sealed token set), `key` (the id of the key it is sealed under), `expires_at` (on
+//!   Redis's clock), `refreshing` (set while the lease holder presents the set's refresh token),
+//!   `failures` (the holders' renewals failed in a row) and `paused_until` (on Redis's clock);
 //! - `lease`: the fencing value of the replica holding the lease, expiring by itself after the
-//!   lease TTL.
+//!   lease TTL;
+//! - `calls` (a sorted set of the auth calls of the last minute not given back, by Redis time)
+//!   and `calls_full_at`: the fleet's budget for failed auth calls.
 //!
-//! Key names hold no secret: the scope is a name the user chose or a hash.
+//! Key names hold no secret: the scope is the account's fingerprint (a keyed hash), after the
+//! namespace the user chose if any.
 
 mod connection;
 mod scripts;
@@ -25,8 +27,8 @@ use self::connection::Connection;
 use self::scripts::Scripts;
 use super::seal::Sealer;
 use super::{
-    CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication, SessionCoordinator,
-    SharedTokens,
+    CallAllowance, CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication,
+    SessionCoordinator, SharedTokens,
 };
 use crate::error::ConfigError;
 
@@ -236,13 +238,11 @@ impl SessionCoordinator for RedisSession {
             String,
             String,
             String,
-            String,
         );
         let fields: Option<Fields> = self
             .run(&self.inner.scripts.read, scope, &["session"], &[])
             .await?;
-        let Some((generation, set, refreshing, paused, expires, key, failures, ages, epoch)) =
-            fields
+        let Some((generation, set, refreshing, paused, expires, key, failures, epoch)) = fields
         else {
             return Ok(None);
         };
@@ -261,17 +261,12 @@ impl SessionCoordinator for RedisSession {
         if let Ok(expires_ms) = expires.parse::<u64>() {
             shared = shared.expiring_in(Duration::from_millis(expires_ms));
         }
-        let ages = ages
-            .split(',')
-            .filter_map(|age| age.parse().ok())
-            .map(Duration::from_millis)
-            .collect();
         let paused = Duration::from_millis(paused.parse().unwrap_or(0));
         Ok(Some(
             shared
                 .in_epoch(epoch)
                 .paused(paused)
-                .with_failures(failures.parse().unwrap_or(0), ages),
+                .with_failures(failures.parse().unwrap_or(0)),
         ))
     }
 
@@ -343,12 +338,11 @@ impl SessionCoordinator for RedisSession {
         lease: &Lease,
         failure: &Failure,
     ) -> Result<(), CoordinatorError> {
-        let millis = |d: Duration| d.as_millis().min(u128::from(u32::MAX)).to_string();
-        let ages: Vec<String> = failure
-            .failed_calls
-            .iter()
-            .map(|age| millis(*age))
-            .collect();
+        let pause_ms = failure
+            .pause
+            .as_millis()
+            .min(u128::from(u32::MAX))
+            .to_string();
         let _: i64 = self
             .run(
                 &self.inner.scripts.record_failure,
@@ -356,10 +350,48 @@ impl SessionCoordinator for RedisSession {
                 &["session", "lease"],
                 &[
                     lease.fence.as_bytes(),
-                    millis(failure.pause).as_bytes(),
-                    ages.join(",").as_bytes(),
+                    pause_ms.as_bytes(),
                     super::process_name().as_bytes(),
                 ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn reserve_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<Option<Duration>, CoordinatorError> {
+        let wait: String = self
+            .run(
+                &self.inner.scripts.reserve_call,
+                scope,
+                &["calls", "calls_full_at"],
+                &[
+                    call.as_bytes(),
+                    allowance.per_minute.to_string().as_bytes(),
+                    allowance.burst.to_string().as_bytes(),
+                ],
+            )
+            .await?;
+        let wait_ms: u64 = wait.parse().unwrap_or(0);
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    async fn refund_call(
+        &self,
+        scope: &str,
+        call: &str,
+        allowance: CallAllowance,
+    ) -> Result<(), CoordinatorError> {
+        let _: i64 = self
+            .run(
+                &self.inner.scripts.refund_call,
+                scope,
+                &["calls", "calls_full_at"],
+                &[call.as_bytes(), allowance.per_minute.to_string().as_bytes()],
             )
             .await?;
         Ok(())

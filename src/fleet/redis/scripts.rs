@@ -31,37 +31,23 @@ local function epoch_of(key, writer)
   if kind(key) == 'hash' then e = redis.call('HGET', key, 'epoch') end
   return e or (writer .. ':' .. ms(now_ms()))
 end
--- The failed auth calls of the last minute, as Redis times, from a comma-separated list.
-local function failed_calls(list, now)
-  local kept = {}
-  if list then
-    for at in string.gmatch(list, '[^,]+') do
-      local t = tonumber(at)
-      if t and now - t < 60000 then table.insert(kept, t) end
-    end
-  end
-  return kept
-end
 ";
 
 /// The shared session, or nothing: generation, sealed set, refreshing mark, pause left (ms),
-/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, the ages (ms) of
-/// the failed calls of the last minute, and the epoch.
+/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, and the epoch.
 const READ: &str = r"
 local k = kind(KEYS[1])
 if k == 'none' then return false end
-if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', ''} end
+if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', ''} end
 local f = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until',
-  'expires_at', 'key', 'failures', 'failed', 'epoch')
+  'expires_at', 'key', 'failures', 'epoch')
 local now = now_ms()
 local paused = 0
 if tonumber(f[4]) then paused = math.max(0, tonumber(f[4]) - now) end
 local expires = -1
 if tonumber(f[5]) then expires = math.max(0, tonumber(f[5]) - now) end
-local ages = {}
-for _, t in ipairs(failed_calls(f[8], now)) do table.insert(ages, ms(now - t)) end
 return {f[1] or '0', f[2] or '', f[3] or '', ms(paused), ms(expires), f[6] or '',
-  f[7] or '0', table.concat(ages, ','), f[9] or ''}
+  f[7] or '0', f[8] or ''}
 ";
 
 /// The shared generation alone: what a waiting replica polls.
@@ -88,17 +74,16 @@ return 1
 
 /// Publishes a set (ARGV: fence, expected generation, sealed set, floor, lifetime in ms, the
 /// sealing key's id, the ids of every key the replica opens with, the writer's name) unless the
-/// lease is lost, the
-/// generation moved on, or the set there is sealed under a key the replica does not hold. The
-/// record of failed calls survives; the failures in a row and the pause end.
+/// lease is lost, the generation moved on, or the set there is sealed under a key the replica
+/// does not hold. The lifetime is kept as an expiry on Redis's clock. The failures in a row and
+/// the pause end.
 const PUBLISH: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
 local current = generation(KEYS[1])
 if current ~= tonumber(ARGV[2]) then return false end
 local epoch = epoch_of(KEYS[1], ARGV[8])
-local failed = false
 if kind(KEYS[1]) == 'hash' then
-  local f = redis.call('HMGET', KEYS[1], 'set', 'key', 'failed')
+  local f = redis.call('HMGET', KEYS[1], 'set', 'key')
   if f[1] and f[1] ~= '' and f[2] and f[2] ~= '' then
     local known = false
     for id in string.gmatch(ARGV[7], '[^,]+') do
@@ -106,33 +91,55 @@ if kind(KEYS[1]) == 'hash' then
     end
     if not known then return false end
   end
-  failed = f[3]
 end
 redis.call('DEL', KEYS[1])
 local next = math.max(current, tonumber(ARGV[4])) + 1
 redis.call('HSET', KEYS[1], 'gen', next, 'set', ARGV[3], 'key', ARGV[6],
   'expires_at', ms(now_ms() + tonumber(ARGV[5])), 'epoch', epoch)
-if failed then redis.call('HSET', KEYS[1], 'failed', failed) end
 return next
 ";
 
-/// Records the lease holder's failed renewal (ARGV: fence, pause in ms, the failed calls' ages
-/// in ms, comma-separated, the writer's name).
+/// Records the lease holder's failed renewal (ARGV: fence, pause in ms, the writer's name).
 const RECORD_FAILURE: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 writable(KEYS[1])
-redis.call('HSET', KEYS[1], 'epoch', epoch_of(KEYS[1], ARGV[4]))
-local now = now_ms()
-local kept = failed_calls(redis.call('HGET', KEYS[1], 'failed'), now)
-for age in string.gmatch(ARGV[3], '[^,]+') do
-  if tonumber(age) then table.insert(kept, now - tonumber(age)) end
-end
-while #kept > 64 do table.remove(kept, 1) end
-local list = {}
-for _, t in ipairs(kept) do table.insert(list, ms(t)) end
-redis.call('HSET', KEYS[1], 'paused_until', ms(now + tonumber(ARGV[2])),
-  'failed', table.concat(list, ','))
+redis.call('HSET', KEYS[1], 'epoch', epoch_of(KEYS[1], ARGV[3]),
+  'paused_until', ms(now_ms() + tonumber(ARGV[2])))
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
+return 1
+";
+
+/// Takes one auth call from the fleet's budget for failed calls (KEYS: the calls of the last
+/// minute, a sorted set by Redis time; when the burst is full again. ARGV: the call's name,
+/// calls a minute, calls in a row). Returns 0, or the milliseconds until a call may be sent.
+const RESERVE_CALL: &str = r"
+local now = now_ms()
+local per_minute = math.max(1, tonumber(ARGV[2]))
+local burst = math.max(1, tonumber(ARGV[3]))
+local interval = 60000 / per_minute
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+local wait = 0
+if redis.call('ZCARD', KEYS[1]) >= per_minute then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  wait = math.max(wait, tonumber(oldest[2]) + 60000 - now)
+end
+local full_at = math.max(tonumber(redis.call('GET', KEYS[2])) or now, now)
+wait = math.max(wait, full_at - now - interval * (burst - 1))
+if wait > 0 then return ms(math.ceil(wait)) end
+redis.call('SET', KEYS[2], ms(full_at + interval), 'PX', 120000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 120000)
+return '0'
+";
+
+/// Gives back a call that yielded a token (ARGV: its name, calls a minute).
+const REFUND_CALL: &str = r"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local full_at = tonumber(redis.call('GET', KEYS[2]))
+  if full_at then
+    redis.call('SET', KEYS[2], ms(full_at - 60000 / math.max(1, tonumber(ARGV[2]))), 'PX', 120000)
+  end
+end
 return 1
 ";
 
@@ -142,15 +149,12 @@ return 1
 ";
 
 /// Removes the set (a logout; ARGV: the writer's name); the generation moves on within the
-/// epoch, and the failed calls stay counted.
+/// epoch.
 const CLEAR: &str = r"
 local current = generation(KEYS[1])
 local epoch = epoch_of(KEYS[1], ARGV[1])
-local failed = false
-if kind(KEYS[1]) == 'hash' then failed = redis.call('HGET', KEYS[1], 'failed') end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'gen', current + 1, 'epoch', epoch)
-if failed then redis.call('HSET', KEYS[1], 'failed', failed) end
 return current + 1
 ";
 
@@ -162,6 +166,8 @@ pub(super) struct Scripts {
     pub(super) mark_refreshing: Script,
     pub(super) publish: Script,
     pub(super) record_failure: Script,
+    pub(super) reserve_call: Script,
+    pub(super) refund_call: Script,
     pub(super) release: Script,
     pub(super) clear: Script,
 }
@@ -176,6 +182,8 @@ impl Scripts {
             mark_refreshing: with_prelude(MARK_REFRESHING),
             publish: with_prelude(PUBLISH),
             record_failure: with_prelude(RECORD_FAILURE),
+            reserve_call: with_prelude(RESERVE_CALL),
+            refund_call: with_prelude(REFUND_CALL),
             release: Script::new(RELEASE),
             clear: with_prelude(CLEAR),
         }
