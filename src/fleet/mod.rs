@@ -71,6 +71,10 @@ pub struct SharedTokens {
     pub paused_for: Option<Duration>,
     /// How many holders' renewals failed in a row since the last published set.
     pub failures_in_a_row: u32,
+    /// How many replicas read the shared session in the last hour, this one included (0: not
+    /// known). While the coordinator is out of reach, each replica keeps to this share of the
+    /// account's budget for failed auth calls.
+    pub replicas: u32,
 }
 
 impl SharedTokens {
@@ -86,6 +90,7 @@ impl SharedTokens {
             foreign_key: false,
             paused_for: None,
             failures_in_a_row: 0,
+            replicas: 0,
         }
     }
 
@@ -123,6 +128,12 @@ impl SharedTokens {
             failures_in_a_row: in_a_row,
             ..self
         }
+    }
+
+    /// The same, read by `replicas` replicas in the last hour.
+    #[must_use]
+    pub fn with_replicas(self, replicas: u32) -> Self {
+        Self { replicas, ..self }
     }
 
     /// A shared session holding something that is not a token set this layer can read.

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -19,12 +19,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::error::AuthError;
-use crate::fleet::{CoordinatorError, Lease, SessionCoordinator, SharedTokens};
+use crate::fleet::{CallAllowance, CoordinatorError, Lease, SessionCoordinator, SharedTokens};
 use crate::stats::RenewReason;
 use crate::token::{CachedToken, Freshness};
 
 use super::Session;
 use super::acquire::Source;
+use super::budget::{CallBudget, Reservation};
 use super::lease::UnderLease;
 use super::seen::Seen;
 
@@ -54,6 +55,11 @@ pub(crate) struct Fleet {
     seen: Mutex<Seen>,
     /// Whether a logout's clear did not land: it is made before the next renewal reads.
     owed_clear: AtomicBool,
+    /// The most replicas the shared session said read it in the last hour (0: not known).
+    replicas: AtomicU32,
+    /// This replica's share of the fleet's budget for failed calls while the coordinator is
+    /// out of reach, and the number of replicas it was cut for.
+    alone: Mutex<Option<(u32, CallBudget)>>,
     /// A lease taken by a call whose answer was lost: asked for again, or released, later.
     pub(super) uncertain_lease: Mutex<Option<Lease>>,
     /// Whether a set sealed under another key was warned about.
@@ -70,9 +76,53 @@ impl Fleet {
             down: AtomicBool::new(false),
             seen: Mutex::default(),
             owed_clear: AtomicBool::new(false),
+            replicas: AtomicU32::new(0),
+            alone: Mutex::new(None),
             uncertain_lease: Mutex::new(None),
             warned_foreign_key: AtomicBool::new(false),
             warned_foreign_account: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes the shared session as read: what it tells of the fleet.
+    pub(super) fn read(&self, shared: &SharedTokens) {
+        self.saw(&shared.epoch, shared.generation);
+        // The most seen: a share too small costs nothing while IQM answers (only failed
+        // calls are counted), one too large lets an outage spend more than the account's.
+        self.replicas.fetch_max(shared.replicas, Ordering::Relaxed);
+    }
+
+    /// Takes a call from this replica's share of the fleet's budget for failed calls (the
+    /// budget split evenly between the replicas last seen, one in a row), for a call made while
+    /// the coordinator is out of reach. `Err` with how long until one may be sent.
+    pub(super) fn reserve_alone(
+        &self,
+        allowance: CallAllowance,
+        now: std::time::Instant,
+    ) -> Result<Reservation, Duration> {
+        let replicas = self.replicas.load(Ordering::Relaxed).max(1);
+        let mut alone = self.alone.lock();
+        if alone
+            .as_ref()
+            .is_none_or(|(cut_for, _)| *cut_for != replicas)
+        {
+            let share = (allowance.per_minute / replicas).max(1);
+            let burst = if replicas > 1 { 1 } else { allowance.burst };
+            *alone = Some((replicas, CallBudget::new(share, burst)));
+        }
+        let Some((_, budget)) = alone.as_mut() else {
+            unreachable!("set above")
+        };
+        match budget.wait_at(now) {
+            Some(wait) => Err(wait),
+            None => Ok(budget.reserve(now)),
+        }
+    }
+
+    /// Gives back a call taken from this replica's share that yielded a token.
+    pub(super) fn refund_alone(&self, reservation: Reservation) {
+        if let Some((_, budget)) = self.alone.lock().as_mut() {
+            budget.refund(reservation);
         }
     }
 
@@ -194,7 +244,7 @@ impl Session {
                 },
             };
             if let Some(s) = &now_shared {
-                fleet.saw(&s.epoch, s.generation);
+                fleet.read(s);
                 if s.foreign_key {
                     self.warn_foreign_key(fleet);
                     break Ok(None);

@@ -45,7 +45,7 @@ impl Session {
             return Ok(UnderLease::Unavailable);
         };
         if let Some(shared) = &shared {
-            fleet.saw(&shared.epoch, shared.generation);
+            fleet.read(shared);
             if shared.foreign_key {
                 return Ok(UnderLease::Unavailable);
             }

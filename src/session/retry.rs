@@ -13,6 +13,7 @@ use crate::fleet::CallAllowance;
 use crate::token::CachedToken;
 
 use super::Session;
+use super::budget::Reservation;
 use super::fleet::Fleet;
 
 /// The first backoff between tries of one auth call; it doubles with each try, with jitter.
@@ -21,6 +22,16 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// A `Retry-After` longer than this is not waited for inside one renewal: the renewal fails,
 /// and the pacing keeps new ones from starting until IQM's time has passed.
 const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
+
+/// Where an auth call was taken from besides this replica's own budget.
+enum FleetCall<'a> {
+    /// No fleet.
+    None,
+    /// The fleet's shared budget, under this name.
+    Taken(&'a Fleet, String),
+    /// This replica's share of the fleet's budget, the coordinator being out of reach.
+    Alone(&'a Fleet, Reservation),
+}
 
 impl Session {
     /// One auth call, taken from the budget for failed auth calls before it is sent and given
@@ -36,28 +47,46 @@ impl Session {
     where
         Fut: Future<Output = Result<Arc<CachedToken>, AuthError>>,
     {
+        let spent = |retry_after: Duration| {
+            warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
+            Err(AuthError::CallBudgetExhausted { retry_after })
+        };
+        if let Some(retry_after) = self.budget.lock().wait_at(self.clock.now()) {
+            return spent(retry_after);
+        }
+        let fleet_call = match self.reserve_fleet_call().await {
+            Ok(fleet_call) => fleet_call,
+            Err(retry_after) => return spent(retry_after),
+        };
+        // This replica's own budget is charged as the call is sent (the fleet's may have taken
+        // a while), so that its minute is the one IQM sees.
         let reservation = {
             let mut budget = self.budget.lock();
             let now = self.clock.now();
-            if let Some(retry_after) = budget.wait_at(now) {
-                warn!(%endpoint, ?retry_after, "the budget for failed IQM auth calls is spent");
-                return Err(AuthError::CallBudgetExhausted { retry_after });
+            match budget.wait_at(now) {
+                Some(retry_after) => None.ok_or(retry_after),
+                None => Ok(budget.reserve(now)),
             }
-            budget.reserve(now)
         };
-        let fleet_call = match self.reserve_fleet_call().await {
-            Ok(fleet_call) => fleet_call,
+        let reservation = match reservation {
+            Ok(reservation) => reservation,
             Err(retry_after) => {
-                // Not sent: it costs nothing.
-                self.budget.lock().refund(reservation);
-                warn!(%endpoint, ?retry_after, "the fleet's budget for failed IQM auth calls is spent");
-                return Err(AuthError::CallBudgetExhausted { retry_after });
+                self.give_back(fleet_call).await;
+                return spent(retry_after);
             }
         };
         let result = call.await;
         if result.is_ok() {
             self.budget.lock().refund(reservation);
-            if let Some((fleet, name)) = fleet_call {
+            self.give_back(fleet_call).await;
+        }
+        result
+    }
+
+    /// Gives a call back to the fleet's budget: it yielded a token, or was never sent.
+    async fn give_back(&self, fleet_call: FleetCall<'_>) {
+        match fleet_call {
+            FleetCall::Taken(fleet, name) => {
                 let allowance = self.call_allowance();
                 self.coordinate(
                     fleet,
@@ -67,32 +96,39 @@ impl Session {
                 )
                 .await;
             }
+            FleetCall::Alone(fleet, reservation) => fleet.refund_alone(reservation),
+            FleetCall::None => {}
         }
-        result
     }
 
-    /// Takes the call from the fleet's budget for failed calls, when there is a fleet and its
-    /// coordinator is in reach: every replica's calls count there, so the fleet spends what one
-    /// process does. `Ok(None)` when there is none to take it from (this replica's own budget
-    /// then stands alone); `Err` with how long until a call may be sent when it is spent.
-    async fn reserve_fleet_call(&self) -> Result<Option<(&Fleet, String)>, Duration> {
-        let Some(fleet) = self.fleet.as_ref().filter(|fleet| !fleet.is_down()) else {
-            return Ok(None);
+    /// Takes the call from the fleet's budget for failed calls when there is a fleet: from the
+    /// shared one while the coordinator is in reach (every replica's calls count there, so the
+    /// fleet spends what one process does), else from this replica's share of it (the budget
+    /// split between the replicas last seen). `Err` with how long until a call may be sent
+    /// when it is spent.
+    async fn reserve_fleet_call(&self) -> Result<FleetCall<'_>, Duration> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(FleetCall::None);
         };
-        let name = crate::fleet::unique_name();
-        let reserved = self
-            .coordinate(
-                fleet,
-                fleet
-                    .coordinator
-                    .reserve_call(&fleet.scope, &name, self.call_allowance()),
-            )
-            .await;
-        match reserved {
-            Some(None) => Ok(Some((fleet, name))),
-            Some(Some(wait)) => Err(wait),
-            None => Ok(None),
+        if !fleet.is_down() {
+            let name = crate::fleet::unique_name();
+            let reserved = self
+                .coordinate(
+                    fleet,
+                    fleet
+                        .coordinator
+                        .reserve_call(&fleet.scope, &name, self.call_allowance()),
+                )
+                .await;
+            match reserved {
+                Some(None) => return Ok(FleetCall::Taken(fleet, name)),
+                Some(Some(wait)) => return Err(wait),
+                None => {}
+            }
         }
+        fleet
+            .reserve_alone(self.call_allowance(), self.clock.now())
+            .map(|reservation| FleetCall::Alone(fleet, reservation))
     }
 
     fn call_allowance(&self) -> CallAllowance {

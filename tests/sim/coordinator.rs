@@ -68,6 +68,8 @@ struct Scope {
     /// and when the burst is full again.
     calls: Vec<(String, Instant)>,
     calls_full_at: Option<Instant>,
+    /// The replicas that read the session, and when they last did.
+    readers: BTreeMap<usize, Instant>,
     lease: Option<(String, Instant)>,
 }
 
@@ -270,8 +272,14 @@ impl SessionCoordinator for SimCoordinator {
     }
 
     async fn read(&self, scope: &str) -> Result<Option<SharedTokens>, CoordinatorError> {
+        let reader = self.who.replica;
         let shared = self
             .command("read", |s, now| {
+                let readers = &mut s.scope(scope).readers;
+                readers.insert(reader, now);
+                readers
+                    .retain(|_, at| now.saturating_duration_since(*at) < Duration::from_secs(3600));
+                let replicas = readers.len() as u32;
                 s.scopes.get(scope).map(|s| {
                     let pause = s
                         .paused_until
@@ -291,6 +299,7 @@ impl SessionCoordinator for SimCoordinator {
                             }),
                             s.failures_in_a_row,
                             s.epoch.clone(),
+                            replicas,
                         ),
                     )
                 })
@@ -298,7 +307,7 @@ impl SessionCoordinator for SimCoordinator {
             .await?;
         let sim = &self.redis.sim;
         Ok(shared.map(
-            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, epoch))| {
+            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, epoch, replicas))| {
                 if refreshing {
                     sim.cover("redis read: set marked refreshing");
                 }
@@ -309,7 +318,8 @@ impl SessionCoordinator for SimCoordinator {
                 let shared = SharedTokens::new(generation, tokens.map(|(t, _)| t), refreshing)
                     .in_epoch(epoch)
                     .paused(pause)
-                    .with_failures(in_a_row);
+                    .with_failures(in_a_row)
+                    .with_replicas(replicas);
                 match expires_in {
                     Some(left) => shared.expiring_in(left),
                     None => shared,

@@ -45,7 +45,7 @@ impl Invariant {
                 "every token sent was live at IQM when sent (a revocation not yet seen excepted)"
             }
             Self::FailedCallBudget => {
-                "at most 10 failed auth calls per account in any minute (fleet-wide and per replica)"
+                "at most 10 failed auth calls per account in any minute (per replica, and fleet-wide; twice that fleet-wide while Redis is unusable)"
             }
             Self::OneAuthCallPerEvent => {
                 "at most one successful auth call per event per account, fleet-wide (slack: 2 an hour)"
@@ -110,6 +110,9 @@ pub struct Checker {
     unexplained: Vec<VecDeque<Instant>>,
     /// Per account: intervals in which a failed request is excused, and why.
     disturbed: Vec<Vec<(Instant, Instant, &'static str)>>,
+    /// When Redis was unusable (errors, slow or lost answers): replicas pace their failed calls
+    /// on their own share, and the fleet-wide bound is doubled for a minute that overlaps.
+    redis_unusable: Vec<(Instant, Instant)>,
     pub max_latency: Duration,
     pub requests_ok: u64,
     pub requests_failed_excused: u64,
@@ -138,6 +141,7 @@ impl Checker {
             expiry_credit: vec![None; accounts],
             unexplained: vec![VecDeque::new(); accounts],
             disturbed: vec![Vec::new(); accounts],
+            redis_unusable: Vec::new(),
             max_latency: Duration::ZERO,
             requests_ok: 0,
             requests_failed_excused: 0,
@@ -152,6 +156,11 @@ impl Checker {
             why,
             left: count,
         });
+    }
+
+    /// Redis is unusable from `from` to `until`.
+    pub fn redis_unusable(&mut self, from: Instant, until: Instant) {
+        self.redis_unusable.push((from, until));
     }
 
     /// Requests of `account` that fail between `from` and `until` are excused (IQM was not up).
@@ -323,6 +332,20 @@ impl Checker {
             self.succeeded(sim, account);
             return;
         }
+        let minute = Duration::from_secs(60);
+        let redis_unusable = &self.redis_unusable;
+        // Replicas that cannot reach Redis keep to their share of the budget (the budget split
+        // between the replicas last seen): the fleet as a whole may spend up to twice it.
+        let fleet_bound = |first: Instant| {
+            let overlaps = redis_unusable
+                .iter()
+                .any(|(from, until)| *from <= first + minute && first <= *until + minute);
+            if overlaps {
+                2 * FAILED_CALLS_PER_MINUTE
+            } else {
+                FAILED_CALLS_PER_MINUTE
+            }
+        };
         for (calls, scope) in [
             (&mut self.failed[account], "fleet-wide"),
             (
@@ -335,7 +358,12 @@ impl Checker {
             let at = calls.partition_point(|t| *t <= sent);
             calls.insert(at, sent);
             if let Some((first, n)) = busiest_minute_around(calls, sent) {
-                if n > FAILED_CALLS_PER_MINUTE {
+                let bound = if scope == "fleet-wide" {
+                    fleet_bound(first)
+                } else {
+                    FAILED_CALLS_PER_MINUTE
+                };
+                if n > bound {
                     sim.violation(
                         Invariant::FailedCallBudget,
                         format!("{n} failed auth calls of account {account} ({scope}, {}) in the minute from {}", who.label(), crate::clock(sim, first)),

@@ -1011,6 +1011,7 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                 Event::RedisFault { fault, length } => {
                     let now = Instant::now();
                     redis.add_fault(now, now + *length, *fault);
+                    sim.checker.lock().redis_unusable(now, now + *length);
                     sim.cover(fault.name());
                     sim.event(format!("fault: {} for {length:?}", fault.name()));
                     let renewals = 1

@@ -8,6 +8,8 @@
 //!   `failures` (the holders' renewals failed in a row) and `paused_until` (on Redis's clock);
 //! - `lease`: the fencing value of the replica holding the lease, expiring by itself after the
 //!   lease TTL;
+//! - `replicas`: the names of the replicas that read the session in the last hour, by Redis
+//!   time: how many share the account's budget when Redis is out of reach;
 //! - `calls` (a sorted set of the auth calls of the last minute not given back, by Redis time)
 //!   and `calls_full_at`: the fleet's budget for failed auth calls.
 //!
@@ -238,11 +240,18 @@ impl SessionCoordinator for RedisSession {
             String,
             String,
             String,
+            String,
         );
         let fields: Option<Fields> = self
-            .run(&self.inner.scripts.read, scope, &["session"], &[])
+            .run(
+                &self.inner.scripts.read,
+                scope,
+                &["session", "replicas"],
+                &[super::process_name().as_bytes()],
+            )
             .await?;
-        let Some((generation, set, refreshing, paused, expires, key, failures, epoch)) = fields
+        let Some((generation, set, refreshing, paused, expires, key, failures, epoch, replicas)) =
+            fields
         else {
             return Ok(None);
         };
@@ -266,7 +275,8 @@ impl SessionCoordinator for RedisSession {
             shared
                 .in_epoch(epoch)
                 .paused(paused)
-                .with_failures(failures.parse().unwrap_or(0)),
+                .with_failures(failures.parse().unwrap_or(0))
+                .with_replicas(replicas.parse().unwrap_or(0)),
         ))
     }
 

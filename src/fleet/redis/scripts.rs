@@ -34,20 +34,25 @@ end
 ";
 
 /// The shared session, or nothing: generation, sealed set, refreshing mark, pause left (ms),
-/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, and the epoch.
+/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, the epoch, and how
+/// many replicas read it in the last hour (KEYS[2], by name: ARGV[1]; this one included).
 const READ: &str = r"
+local now = now_ms()
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 3600000)
+redis.call('PEXPIRE', KEYS[2], 3600000)
+local replicas = tostring(redis.call('ZCARD', KEYS[2]))
 local k = kind(KEYS[1])
 if k == 'none' then return false end
-if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', ''} end
+if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas} end
 local f = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until',
   'expires_at', 'key', 'failures', 'epoch')
-local now = now_ms()
 local paused = 0
 if tonumber(f[4]) then paused = math.max(0, tonumber(f[4]) - now) end
 local expires = -1
 if tonumber(f[5]) then expires = math.max(0, tonumber(f[5]) - now) end
 return {f[1] or '0', f[2] or '', f[3] or '', ms(paused), ms(expires), f[6] or '',
-  f[7] or '0', f[8] or ''}
+  f[7] or '0', f[8] or '', replicas}
 ";
 
 /// The shared generation alone: what a waiting replica polls.
