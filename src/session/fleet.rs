@@ -41,6 +41,11 @@ const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
 /// on its own: a stall (a fork, a failover) shorter than this costs no login.
 pub(super) const UNREACHABLE_GRACE: Duration = Duration::from_secs(2);
 
+/// The fewest replicas a replica out of reach of the coordinator assumes it shares the budget
+/// for failed calls with: replicas that start together see each other only as they read, and
+/// one that never reached Redis has seen none.
+const ASSUMED_REPLICAS: u32 = 4;
+
 /// The pause between tries of a coordinator that did not answer.
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
 
@@ -93,21 +98,22 @@ impl Fleet {
     }
 
     /// Takes a call from this replica's share of the fleet's budget for failed calls (the
-    /// budget split evenly between the replicas last seen, one in a row), for a call made while
-    /// the coordinator is out of reach. `Err` with how long until one may be sent.
+    /// budget split evenly between the most replicas seen, at least [`ASSUMED_REPLICAS`], one in
+    /// a row), for a call made while the coordinator is out of reach. `Err` with how long until
+    /// one may be sent.
     pub(super) fn reserve_alone(
         &self,
         allowance: CallAllowance,
         now: std::time::Instant,
     ) -> Result<Reservation, Duration> {
-        let replicas = self.replicas.load(Ordering::Relaxed).max(1);
+        let replicas = self.replicas.load(Ordering::Relaxed).max(ASSUMED_REPLICAS);
         let mut alone = self.alone.lock();
         if alone
             .as_ref()
             .is_none_or(|(cut_for, _)| *cut_for != replicas)
         {
             let share = (allowance.per_minute / replicas).max(1);
-            let burst = if replicas > 1 { 1 } else { allowance.burst };
+            let burst = 1;
             *alone = Some((replicas, CallBudget::new(share, burst)));
         }
         let Some((_, budget)) = alone.as_mut() else {

@@ -110,8 +110,9 @@ pub struct Checker {
     unexplained: Vec<VecDeque<Instant>>,
     /// Per account: intervals in which a failed request is excused, and why.
     disturbed: Vec<Vec<(Instant, Instant, &'static str)>>,
-    /// When Redis was unusable (errors, slow or lost answers): replicas pace their failed calls
-    /// on their own share, and the fleet-wide bound is doubled for a minute that overlaps.
+    /// When Redis was unusable (errors, slow or lost answers) or lost its writes (a restart, a
+    /// rollback): replicas pace their failed calls on their own share, or the fleet's record
+    /// of them is gone, and the fleet-wide bound is doubled for a minute that overlaps.
     redis_unusable: Vec<(Instant, Instant)>,
     pub max_latency: Duration,
     pub requests_ok: u64,

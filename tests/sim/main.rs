@@ -1043,6 +1043,8 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                     sim.cover("redis: restart, everything lost");
                     sim.event("fault: redis restarts empty".to_owned());
                     redis.restart();
+                    let now = Instant::now();
+                    sim.checker.lock().redis_unusable(now, now);
                     for account in 0..2 {
                         sim.checker.lock().credit(
                             account,
@@ -1055,6 +1057,8 @@ async fn run(sim: &Arc<Sim>, model: &FaultModel, setup: &Setup) {
                 Event::RedisRollback => {
                     let pick = sim.rng.lock().next_u64();
                     if let Some(age) = redis.roll_back(pick) {
+                        let now = Instant::now();
+                        sim.checker.lock().redis_unusable(now, now);
                         sim.cover("redis: rollback to an older snapshot");
                         sim.event(format!("fault: redis rolls back to a snapshot {age:?} old"));
                         for account in 0..2 {
