@@ -98,8 +98,9 @@ impl Fleet {
     }
 
     /// Takes a call from this replica's share of the fleet's budget for failed calls (the
-    /// budget split evenly between the most replicas seen, at least [`ASSUMED_REPLICAS`], one in
-    /// a row), for a call made while the coordinator is out of reach. `Err` with how long until
+    /// budget split evenly between the most replicas seen, at least [`ASSUMED_REPLICAS`], but
+    /// never less than two a minute, two in a row: a refresh and the login that follows it), for
+    /// a call made while the coordinator is out of reach. `Err` with how long until
     /// one may be sent.
     pub(super) fn reserve_alone(
         &self,
@@ -112,8 +113,9 @@ impl Fleet {
             .as_ref()
             .is_none_or(|(cut_for, _)| *cut_for != replicas)
         {
-            let share = (allowance.per_minute / replicas).max(1);
-            let burst = 1;
+            // At least two: a refresh, and the login that follows it if it fails.
+            let share = (allowance.per_minute / replicas).max(2);
+            let burst = allowance.burst.min(2);
             *alone = Some((replicas, CallBudget::new(share, burst)));
         }
         let Some((_, budget)) = alone.as_mut() else {
