@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::AuthError;
 use crate::fleet::{CallAllowance, CoordinatorError, Lease, SessionCoordinator, SharedTokens};
+use crate::secret::Secret;
 use crate::stats::RenewReason;
 use crate::token::{CachedToken, Freshness};
 
@@ -46,6 +47,9 @@ pub(super) const UNREACHABLE_GRACE: Duration = Duration::from_secs(2);
 /// one that never reached Redis has seen none.
 const ASSUMED_REPLICAS: u32 = 4;
 
+/// How many logged-out access tokens a replica remembers.
+const ENDED_KEPT: usize = 4;
+
 /// The pause between tries of a coordinator that did not answer.
 const UNREACHABLE_RETRY: Duration = Duration::from_millis(100);
 
@@ -58,6 +62,8 @@ pub(crate) struct Fleet {
     down: AtomicBool,
     /// What this replica has seen of the shared session, per epoch.
     seen: Mutex<Seen>,
+    /// The access tokens of the last sessions this replica logged out of.
+    ended: Mutex<Vec<Secret>>,
     /// Whether a logout's clear did not land: it is made before the next renewal reads.
     owed_clear: AtomicBool,
     /// The most replicas the shared session said read it in the last hour (0: not known).
@@ -80,6 +86,7 @@ impl Fleet {
             scope,
             down: AtomicBool::new(false),
             seen: Mutex::default(),
+            ended: Mutex::default(),
             owed_clear: AtomicBool::new(false),
             replicas: AtomicU32::new(0),
             alone: Mutex::new(None),
@@ -145,13 +152,9 @@ impl Fleet {
         self.seen.lock().get(epoch).map_or(0, |e| e.seen)
     }
 
-    /// Whether the set of `generation` in `epoch` belongs to a session this replica logged out
-    /// of.
-    pub(super) fn ended(&self, epoch: &str, generation: u64) -> bool {
-        self.seen
-            .lock()
-            .get(epoch)
-            .is_some_and(|e| generation <= e.ended)
+    /// Whether `access_token` is of a session this replica logged out of.
+    pub(super) fn ended(&self, access_token: &Secret) -> bool {
+        self.ended.lock().iter().any(|ended| ended == access_token)
     }
 
     /// Notes a shared generation seen.
@@ -442,13 +445,19 @@ impl Session {
         }
     }
 
-    /// Removes the shared set, for a logout. Every generation seen so far belongs to the session
-    /// the logout ends: if the clear does not land (Redis out of reach), such a set is neither
-    /// taken again nor renewed from, and the next renewal clears the shared session first (a set
-    /// published before the logout may be there, which this replica has never seen).
+    /// Removes the shared set, for a logout. If the clear does not land (Redis out of reach), the
+    /// set this replica held is neither taken again nor renewed from, and the next renewal
+    /// clears the shared session first (a set published before the logout may be there, which
+    /// this replica has never seen).
     pub(super) async fn clear_shared(&self) {
         if let Some(fleet) = &self.fleet {
-            fleet.seen.lock().end_all();
+            if let Some(token) = self.current.load().as_deref() {
+                let mut ended = fleet.ended.lock();
+                if ended.len() == ENDED_KEPT {
+                    ended.remove(0);
+                }
+                ended.push(token.access_token.clone());
+            }
             let cleared = self
                 .coordinate(fleet, fleet.coordinator.clear(&fleet.scope))
                 .await;

@@ -130,7 +130,11 @@ impl Session {
             );
             return None;
         }
-        if fleet.ended(&shared.epoch, shared.generation) {
+        if shared
+            .tokens
+            .as_ref()
+            .is_some_and(|tokens| fleet.ended(&tokens.access_token))
+        {
             info!("the shared IQM session is one this replica logged out of; logging in");
             return None;
         }
@@ -237,7 +241,7 @@ impl Session {
         let shared = shared?;
         let tokens = shared.tokens.as_ref()?;
         if local.is_some_and(|local| local.access_token == tokens.access_token)
-            || fleet.ended(&shared.epoch, shared.generation)
+            || fleet.ended(&tokens.access_token)
         {
             return None;
         }

@@ -1,6 +1,5 @@
 //! What a replica has seen of the fleet's shared session: per epoch, the highest generation
-//! seen (a set below it was restored from an older copy) and the highest generation of a
-//! session it logged out of.
+//! seen (a set below it was restored from an older copy).
 
 /// What a replica has seen of the shared session in its last few epochs, most recent first.
 #[derive(Debug, Default)]
@@ -11,8 +10,6 @@ pub(super) struct Epoch {
     id: String,
     /// The highest generation seen.
     pub(super) seen: u64,
-    /// The highest generation of a session this replica logged out of.
-    pub(super) ended: u64,
 }
 
 /// How many epochs a replica remembers: a coordinator restored to an epoch before the last
@@ -34,19 +31,11 @@ impl Seen {
                     Epoch {
                         id: id.to_owned(),
                         seen: 0,
-                        ended: 0,
                     },
                 );
                 0
             }
         };
         &mut self.0[at]
-    }
-
-    /// A logout: every set seen so far belongs to the session it ends.
-    pub(super) fn end_all(&mut self) {
-        for epoch in &mut self.0 {
-            epoch.ended = epoch.seen;
-        }
     }
 }

@@ -152,6 +152,15 @@ impl Redis {
         }
         let i = (pick % s.snapshots.len() as u64) as usize;
         let (at, scopes) = s.snapshots[i].clone();
+        for (name, now) in &s.scopes {
+            let restored = scopes.get(name);
+            if restored.is_none_or(|r| r.epoch != now.epoch || r.generation < now.generation) {
+                self.sim
+                    .checker
+                    .lock()
+                    .rolled_back(&now.epoch, now.generation);
+            }
+        }
         s.scopes = scopes;
         Some(Instant::now().duration_since(at))
     }
@@ -315,6 +324,7 @@ impl SessionCoordinator for SimCoordinator {
                     sim.cover("redis read: fleet paused");
                 }
                 let expires_in = tokens.as_ref().map(|(_, left)| *left);
+                sim.checker.lock().saw(&self.who, &epoch, generation);
                 let shared = SharedTokens::new(generation, tokens.map(|(t, _)| t), refreshing)
                     .in_epoch(epoch)
                     .paused(pause)
@@ -400,7 +410,7 @@ impl SessionCoordinator for SimCoordinator {
                     state.refreshing = false;
                     state.paused_until = None;
                     state.failures_in_a_row = 0;
-                    Ok(state.generation)
+                    Ok((state.epoch.clone(), state.generation))
                 },
             )
             .await?;
@@ -409,7 +419,14 @@ impl SessionCoordinator for SimCoordinator {
             Err("lease lost") => "redis publish refused: lease lost",
             Err(_) => "redis publish refused: generation moved on",
         });
-        Ok(published.ok())
+        Ok(published.ok().map(|(epoch, generation)| {
+            self.redis
+                .sim
+                .checker
+                .lock()
+                .saw(&self.who, &epoch, generation);
+            generation
+        }))
     }
 
     async fn record_failure(

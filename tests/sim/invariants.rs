@@ -114,6 +114,10 @@ pub struct Checker {
     /// rollback): replicas pace their failed calls on their own share, or the fleet's record
     /// of them is gone, and the fleet-wide bound is doubled for a minute that overlaps.
     redis_unusable: Vec<(Instant, Instant)>,
+    /// Per replica incarnation, the highest shared generation Redis answered it with, per epoch.
+    seen_by: BTreeMap<(usize, u32), BTreeMap<String, u64>>,
+    /// Per epoch, the highest generation a rollback of Redis lost.
+    lost: BTreeMap<String, u64>,
     pub max_latency: Duration,
     pub requests_ok: u64,
     pub requests_failed_excused: u64,
@@ -143,6 +147,8 @@ impl Checker {
             unexplained: vec![VecDeque::new(); accounts],
             disturbed: vec![Vec::new(); accounts],
             redis_unusable: Vec::new(),
+            seen_by: BTreeMap::new(),
+            lost: BTreeMap::new(),
             max_latency: Duration::ZERO,
             requests_ok: 0,
             requests_failed_excused: 0,
@@ -157,6 +163,33 @@ impl Checker {
             why,
             left: count,
         });
+    }
+
+    /// Redis answered `who` with the shared generation `generation` of `epoch`.
+    pub fn saw(&mut self, who: &Who, epoch: &str, generation: u64) {
+        let seen = self
+            .seen_by
+            .entry((who.replica, who.incarnation))
+            .or_default()
+            .entry(epoch.to_owned())
+            .or_default();
+        *seen = (*seen).max(generation);
+    }
+
+    /// A rollback of Redis lost the generations of `epoch` up to `generation`.
+    pub fn rolled_back(&mut self, epoch: &str, generation: u64) {
+        let lost = self.lost.entry(epoch.to_owned()).or_default();
+        *lost = (*lost).max(generation);
+    }
+
+    /// Whether `who` was never told of a generation a rollback lost: it cannot know that the
+    /// rolled-back set's refresh token was spent (the documented limit of the guarantee, which
+    /// needs Redis to keep acknowledged writes).
+    pub fn unaware_of_lost_writes(&self, who: &Who) -> bool {
+        let seen = self.seen_by.get(&(who.replica, who.incarnation));
+        self.lost
+            .iter()
+            .any(|(epoch, lost)| seen.and_then(|s| s.get(epoch)).copied().unwrap_or(0) < *lost)
     }
 
     /// Redis is unusable from `from` to `until`.
