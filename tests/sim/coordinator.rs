@@ -140,7 +140,16 @@ impl Redis {
 
     /// Redis restarts without persistence: everything is gone, generations start over.
     pub fn restart(&self) {
-        self.state.lock().scopes.clear();
+        let mut s = self.state.lock();
+        // Lost too: a rollback to a snapshot from before the restart brings the old epoch back
+        // without its last generations.
+        for scope in s.scopes.values() {
+            self.sim
+                .checker
+                .lock()
+                .rolled_back(&scope.epoch, scope.generation);
+        }
+        s.scopes.clear();
     }
 
     /// A failover to a copy `age` old at most: the writes since are lost. Returns the age of
