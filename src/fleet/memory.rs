@@ -45,8 +45,8 @@ pub struct MemoryCoordinator {
 struct MemoryScope {
     epoch: String,
     generation: u64,
-    /// The set and its access token's expiry.
-    tokens: Option<(StoredTokens, Instant)>,
+    /// The set, its access token's expiry, and when it was published.
+    tokens: Option<(StoredTokens, Instant, Instant)>,
     refreshing: bool,
     paused_until: Option<Instant>,
     failures_in_a_row: u32,
@@ -156,14 +156,16 @@ impl SessionCoordinator for MemoryCoordinator {
             let left = |until: Instant| until.saturating_duration_since(now);
             let mut shared = SharedTokens::new(
                 s.generation,
-                s.tokens.as_ref().map(|(tokens, _)| tokens.clone()),
+                s.tokens.as_ref().map(|(tokens, _, _)| tokens.clone()),
                 s.refreshing,
             )
             .in_epoch(s.epoch.as_str())
             .paused(s.paused_until.map_or(Duration::ZERO, left))
             .with_failures(s.failures_in_a_row);
-            if let Some((_, expires_at)) = &s.tokens {
-                shared = shared.expiring_in(left(*expires_at));
+            if let Some((_, expires_at, published_at)) = &s.tokens {
+                shared = shared
+                    .expiring_in(left(*expires_at))
+                    .published(now.saturating_duration_since(*published_at));
             }
             shared
         }))
@@ -211,8 +213,9 @@ impl SessionCoordinator for MemoryCoordinator {
             return Ok(None);
         }
         state.generation = state.generation.max(publication.floor) + 1;
-        let expires_at = Instant::now() + publication.expires_in;
-        state.tokens = Some((publication.tokens.clone(), expires_at));
+        let now = Instant::now();
+        let expires_at = now + publication.expires_in;
+        state.tokens = Some((publication.tokens.clone(), expires_at, now));
         state.refreshing = false;
         state.paused_until = None;
         state.failures_in_a_row = 0;

@@ -59,6 +59,9 @@ pub struct SharedTokens {
     /// keeps one: it takes the place of the set's wall-clock expiry, which is only as right as
     /// the clock of the machine that published it.
     pub expires_in: Option<Duration>,
+    /// How long ago the set was published, on the coordinator's clock when it keeps one: a
+    /// replica that logged out since never takes it.
+    pub published_ago: Option<Duration>,
     /// Whether the holder of the lease was about to present this set's refresh token: it may
     /// have been spent, so it is not presented again.
     pub refreshing: bool,
@@ -85,6 +88,7 @@ impl SharedTokens {
             generation,
             tokens,
             expires_in: None,
+            published_ago: None,
             refreshing,
             unreadable: false,
             foreign_key: false,
@@ -117,6 +121,15 @@ impl SharedTokens {
     pub fn expiring_in(self, expires_in: Duration) -> Self {
         Self {
             expires_in: Some(expires_in),
+            ..self
+        }
+    }
+
+    /// The same, published `ago` on the coordinator's clock.
+    #[must_use]
+    pub fn published(self, ago: Duration) -> Self {
+        Self {
+            published_ago: Some(ago),
             ..self
         }
     }

@@ -62,8 +62,9 @@ pub(crate) struct Fleet {
     down: AtomicBool,
     /// What this replica has seen of the shared session, per epoch.
     seen: Mutex<Seen>,
-    /// The access tokens of the last sessions this replica logged out of.
-    ended: Mutex<Vec<Secret>>,
+    /// The access tokens of the last sessions this replica logged out of, and when its last
+    /// logout began.
+    ended: Mutex<(Vec<Secret>, Option<std::time::Instant>)>,
     /// Whether a logout's clear did not land: it is made before the next renewal reads.
     owed_clear: AtomicBool,
     /// The most replicas the shared session said read it in the last hour (0: not known).
@@ -152,9 +153,21 @@ impl Fleet {
         self.seen.lock().get(epoch).map_or(0, |e| e.seen)
     }
 
-    /// Whether `access_token` is of a session this replica logged out of.
-    pub(super) fn ended(&self, access_token: &Secret) -> bool {
-        self.ended.lock().iter().any(|ended| ended == access_token)
+    /// Whether `shared`'s set is of a session this replica logged out of: its access token,
+    /// or a set published before the last logout began (as the coordinator's clock tells its
+    /// age), at `now`.
+    pub(super) fn ended(&self, shared: &SharedTokens, now: std::time::Instant) -> bool {
+        let ended = self.ended.lock();
+        let (tokens, logged_out_at) = &*ended;
+        let held = shared
+            .tokens
+            .as_ref()
+            .is_some_and(|set| tokens.contains(&set.access_token));
+        let before_logout = match (shared.published_ago, logged_out_at) {
+            (Some(ago), Some(at)) => ago >= now.saturating_duration_since(*at),
+            _ => false,
+        };
+        held || before_logout
     }
 
     /// Notes a shared generation seen.
@@ -451,12 +464,16 @@ impl Session {
     /// this replica has never seen).
     pub(super) async fn clear_shared(&self) {
         if let Some(fleet) = &self.fleet {
-            if let Some(token) = self.current.load().as_deref() {
+            {
                 let mut ended = fleet.ended.lock();
-                if ended.len() == ENDED_KEPT {
-                    ended.remove(0);
+                let (tokens, logged_out_at) = &mut *ended;
+                *logged_out_at = Some(self.clock.now());
+                if let Some(token) = self.current.load().as_deref() {
+                    if tokens.len() == ENDED_KEPT {
+                        tokens.remove(0);
+                    }
+                    tokens.push(token.access_token.clone());
                 }
-                ended.push(token.access_token.clone());
             }
             let cleared = self
                 .coordinate(fleet, fleet.coordinator.clear(&fleet.scope))

@@ -130,11 +130,7 @@ impl Session {
             );
             return None;
         }
-        if shared
-            .tokens
-            .as_ref()
-            .is_some_and(|tokens| fleet.ended(&tokens.access_token))
-        {
+        if fleet.ended(shared, self.clock.now()) {
             info!("the shared IQM session is one this replica logged out of; logging in");
             return None;
         }
@@ -241,7 +237,7 @@ impl Session {
         let shared = shared?;
         let tokens = shared.tokens.as_ref()?;
         if local.is_some_and(|local| local.access_token == tokens.access_token)
-            || fleet.ended(&tokens.access_token)
+            || fleet.ended(shared, self.clock.now())
         {
             return None;
         }

@@ -60,7 +60,8 @@ impl CoordFault {
 struct Scope {
     epoch: String,
     generation: u64,
-    tokens: Option<(StoredTokens, Instant)>,
+    /// The set, its expiry and when it was published.
+    tokens: Option<(StoredTokens, Instant, Instant)>,
     refreshing: bool,
     paused_until: Option<Instant>,
     failures_in_a_row: u32,
@@ -181,7 +182,7 @@ impl Redis {
             .get(scope)?
             .tokens
             .as_ref()
-            .map(|(t, _)| t.access_token.expose().to_owned())
+            .map(|(t, _, _)| t.access_token.expose().to_owned())
     }
 
     pub fn scopes(&self) -> Vec<String> {
@@ -307,13 +308,17 @@ impl SessionCoordinator for SimCoordinator {
                             s.generation,
                             s.tokens
                                 .as_ref()
-                                .map(|(t, _)| t.access_token.expose().to_owned()),
+                                .map(|(t, _, _)| t.access_token.expose().to_owned()),
                             s.refreshing,
                             pause,
                         ),
                         (
-                            s.tokens.clone().map(|(t, expires_at)| {
-                                (t, expires_at.saturating_duration_since(now))
+                            s.tokens.clone().map(|(t, expires_at, published_at)| {
+                                (
+                                    t,
+                                    expires_at.saturating_duration_since(now),
+                                    now.saturating_duration_since(published_at),
+                                )
                             }),
                             s.failures_in_a_row,
                             s.epoch.clone(),
@@ -332,15 +337,15 @@ impl SessionCoordinator for SimCoordinator {
                 if !pause.is_zero() {
                     sim.cover("redis read: fleet paused");
                 }
-                let expires_in = tokens.as_ref().map(|(_, left)| *left);
+                let lifetimes = tokens.as_ref().map(|(_, left, ago)| (*left, *ago));
                 sim.checker.lock().saw(&self.who, &epoch, generation);
-                let shared = SharedTokens::new(generation, tokens.map(|(t, _)| t), refreshing)
+                let shared = SharedTokens::new(generation, tokens.map(|(t, _, _)| t), refreshing)
                     .in_epoch(epoch)
                     .paused(pause)
                     .with_failures(in_a_row)
                     .with_replicas(replicas);
-                match expires_in {
-                    Some(left) => shared.expiring_in(left),
+                match lifetimes {
+                    Some((left, ago)) => shared.expiring_in(left).published(ago),
                     None => shared,
                 }
             },
@@ -415,7 +420,11 @@ impl SessionCoordinator for SimCoordinator {
                         return Err("generation moved on");
                     }
                     state.generation = state.generation.max(publication.floor) + 1;
-                    state.tokens = Some((publication.tokens.clone(), now + publication.expires_in));
+                    state.tokens = Some((
+                        publication.tokens.clone(),
+                        now + publication.expires_in,
+                        now,
+                    ));
                     state.refreshing = false;
                     state.paused_until = None;
                     state.failures_in_a_row = 0;

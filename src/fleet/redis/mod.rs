@@ -3,7 +3,7 @@
 //!
 //! Keys, under `iqm-auth:{<scope>}:` (the braces keep them in one cluster slot):
 //! - `session`: a hash of `epoch` (made with the session), `gen` (the shared generation), `set`
-//!   (the sealed token set), `key` (the id of the key it is sealed under), `expires_at` (on
+//!   (the sealed token set), `key` (the id of the key it is sealed under), `expires_at` and `published_at` (on
 //!   Redis's clock), `refreshing` (set while the lease holder presents the set's refresh token),
 //!   `failures` (the holders' renewals failed in a row) and `paused_until` (on Redis's clock);
 //! - `lease`: the fencing value of the replica holding the lease, expiring by itself after the
@@ -241,6 +241,7 @@ impl SessionCoordinator for RedisSession {
             String,
             String,
             String,
+            String,
         );
         let fields: Option<Fields> = self
             .run(
@@ -250,8 +251,18 @@ impl SessionCoordinator for RedisSession {
                 &[super::process_name().as_bytes()],
             )
             .await?;
-        let Some((generation, set, refreshing, paused, expires, key, failures, epoch, replicas)) =
-            fields
+        let Some((
+            generation,
+            set,
+            refreshing,
+            paused,
+            expires,
+            key,
+            failures,
+            epoch,
+            replicas,
+            published,
+        )) = fields
         else {
             return Ok(None);
         };
@@ -269,6 +280,9 @@ impl SessionCoordinator for RedisSession {
         };
         if let Ok(expires_ms) = expires.parse::<u64>() {
             shared = shared.expiring_in(Duration::from_millis(expires_ms));
+        }
+        if let Ok(published_ms) = published.parse::<u64>() {
+            shared = shared.published(Duration::from_millis(published_ms));
         }
         let paused = Duration::from_millis(paused.parse().unwrap_or(0));
         Ok(Some(

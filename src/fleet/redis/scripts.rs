@@ -34,8 +34,9 @@ end
 ";
 
 /// The shared session, or nothing: generation, sealed set, refreshing mark, pause left (ms),
-/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, the epoch, and how
-/// many replicas read it in the last hour (KEYS[2], by name: ARGV[1]; this one included).
+/// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, the epoch, how
+/// many replicas read it in the last hour (KEYS[2], by name: ARGV[1]; this one included), and
+/// how long ago the set was published (ms, -1 if unknown).
 const READ: &str = r"
 local now = now_ms()
 redis.call('ZADD', KEYS[2], now, ARGV[1])
@@ -44,15 +45,17 @@ redis.call('PEXPIRE', KEYS[2], 3600000)
 local replicas = tostring(redis.call('ZCARD', KEYS[2]))
 local k = kind(KEYS[1])
 if k == 'none' then return false end
-if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas} end
+if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas, '-1'} end
 local f = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until',
-  'expires_at', 'key', 'failures', 'epoch')
+  'expires_at', 'key', 'failures', 'epoch', 'published_at')
 local paused = 0
 if tonumber(f[4]) then paused = math.max(0, tonumber(f[4]) - now) end
 local expires = -1
 if tonumber(f[5]) then expires = math.max(0, tonumber(f[5]) - now) end
+local published = -1
+if tonumber(f[9]) then published = math.max(0, now - tonumber(f[9])) end
 return {f[1] or '0', f[2] or '', f[3] or '', ms(paused), ms(expires), f[6] or '',
-  f[7] or '0', f[8] or '', replicas}
+  f[7] or '0', f[8] or '', replicas, ms(published)}
 ";
 
 /// The shared generation alone: what a waiting replica polls.
@@ -99,8 +102,9 @@ if kind(KEYS[1]) == 'hash' then
 end
 redis.call('DEL', KEYS[1])
 local next = math.max(current, tonumber(ARGV[4])) + 1
+local now = now_ms()
 redis.call('HSET', KEYS[1], 'gen', next, 'set', ARGV[3], 'key', ARGV[6],
-  'expires_at', ms(now_ms() + tonumber(ARGV[5])), 'epoch', epoch)
+  'expires_at', ms(now + tonumber(ARGV[5])), 'published_at', ms(now), 'epoch', epoch)
 return next
 ";
 
