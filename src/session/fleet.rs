@@ -100,6 +100,11 @@ impl Fleet {
     /// Notes the shared session as read: what it tells of the fleet.
     pub(super) fn read(&self, shared: &SharedTokens) {
         self.saw(&shared.epoch, shared.generation);
+        if shared.refreshing {
+            let mut seen = self.seen.lock();
+            let known = seen.entry(&shared.epoch);
+            known.marked = known.marked.max(Some(shared.generation));
+        }
         // The most seen: a share too small costs nothing while IQM answers (only failed
         // calls are counted), one too large lets an outage spend more than the account's.
         self.replicas.fetch_max(shared.replicas, Ordering::Relaxed);
@@ -151,6 +156,16 @@ impl Fleet {
     /// was restored from an older copy, and its refresh token may have been spent.
     pub(super) fn seen_in(&self, epoch: &str) -> u64 {
         self.seen.lock().get(epoch).map_or(0, |e| e.seen)
+    }
+
+    /// Whether this replica saw the set of `generation` in `epoch` marked "refreshing": a copy
+    /// of the session restored from before the mark has lost it, not the risk.
+    pub(super) fn saw_marked(&self, epoch: &str, generation: u64) -> bool {
+        self.seen
+            .lock()
+            .get(epoch)
+            .and_then(|e| e.marked)
+            .is_some_and(|marked| generation <= marked)
     }
 
     /// Whether `shared`'s set is of a session this replica logged out of: its access token,

@@ -124,7 +124,7 @@ impl Session {
                 .filter(|local| local.shared_generation() == 0)
                 .cloned();
         };
-        if shared.refreshing {
+        if shared.refreshing || fleet.saw_marked(&shared.epoch, shared.generation) {
             info!(
                 "the last holder of the lease may have spent the shared refresh token; logging in"
             );

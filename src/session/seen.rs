@@ -1,5 +1,6 @@
 //! What a replica has seen of the fleet's shared session: per epoch, the highest generation
-//! seen (a set below it was restored from an older copy).
+//! seen (a set below it was restored from an older copy) and the highest seen marked
+//! "refreshing" (a copy restored from before the mark has lost it).
 
 /// What a replica has seen of the shared session in its last few epochs, most recent first.
 #[derive(Debug, Default)]
@@ -10,6 +11,8 @@ pub(super) struct Epoch {
     id: String,
     /// The highest generation seen.
     pub(super) seen: u64,
+    /// The highest generation seen marked "refreshing".
+    pub(super) marked: Option<u64>,
 }
 
 /// How many epochs a replica remembers: a coordinator restored to an epoch before the last
@@ -31,6 +34,7 @@ impl Seen {
                     Epoch {
                         id: id.to_owned(),
                         seen: 0,
+                        marked: None,
                     },
                 );
                 0

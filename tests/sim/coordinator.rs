@@ -170,6 +170,15 @@ impl Redis {
                     .lock()
                     .rolled_back(&now.epoch, now.generation);
             }
+            let mark_lost = restored.is_some_and(|r| {
+                r.epoch == now.epoch && r.generation == now.generation && !r.refreshing
+            });
+            if now.refreshing && mark_lost {
+                self.sim
+                    .checker
+                    .lock()
+                    .lost_mark(&now.epoch, now.generation);
+            }
         }
         s.scopes = scopes;
         Some(Instant::now().duration_since(at))
@@ -339,6 +348,9 @@ impl SessionCoordinator for SimCoordinator {
                 }
                 let lifetimes = tokens.as_ref().map(|(_, left, ago)| (*left, *ago));
                 sim.checker.lock().saw(&self.who, &epoch, generation);
+                if refreshing {
+                    sim.checker.lock().saw_mark(&self.who, &epoch, generation);
+                }
                 let shared = SharedTokens::new(generation, tokens.map(|(t, _, _)| t), refreshing)
                     .in_epoch(epoch)
                     .paused(pause)

@@ -118,6 +118,10 @@ pub struct Checker {
     seen_by: BTreeMap<(usize, u32), BTreeMap<String, u64>>,
     /// Per epoch, the highest generation a rollback of Redis lost.
     lost: BTreeMap<String, u64>,
+    /// Per replica incarnation, per epoch, the highest generation it was told was marked
+    /// "refreshing"; and per epoch, the highest generation whose mark a rollback lost.
+    marks_seen_by: BTreeMap<(usize, u32), BTreeMap<String, u64>>,
+    lost_marks: BTreeMap<String, u64>,
     pub max_latency: Duration,
     pub requests_ok: u64,
     pub requests_failed_excused: u64,
@@ -149,6 +153,8 @@ impl Checker {
             redis_unusable: Vec::new(),
             seen_by: BTreeMap::new(),
             lost: BTreeMap::new(),
+            marks_seen_by: BTreeMap::new(),
+            lost_marks: BTreeMap::new(),
             max_latency: Duration::ZERO,
             requests_ok: 0,
             requests_failed_excused: 0,
@@ -176,6 +182,23 @@ impl Checker {
         *seen = (*seen).max(generation);
     }
 
+    /// Redis told `who` the set of `generation` in `epoch` is marked "refreshing".
+    pub fn saw_mark(&mut self, who: &Who, epoch: &str, generation: u64) {
+        let seen = self
+            .marks_seen_by
+            .entry((who.replica, who.incarnation))
+            .or_default()
+            .entry(epoch.to_owned())
+            .or_default();
+        *seen = (*seen).max(generation);
+    }
+
+    /// A rollback of Redis lost the "refreshing" mark of the set of `generation` in `epoch`.
+    pub fn lost_mark(&mut self, epoch: &str, generation: u64) {
+        let lost = self.lost_marks.entry(epoch.to_owned()).or_default();
+        *lost = (*lost).max(generation);
+    }
+
     /// A rollback of Redis lost the generations of `epoch` up to `generation`.
     pub fn rolled_back(&mut self, epoch: &str, generation: u64) {
         let lost = self.lost.entry(epoch.to_owned()).or_default();
@@ -187,9 +210,12 @@ impl Checker {
     /// needs Redis to keep acknowledged writes).
     pub fn unaware_of_lost_writes(&self, who: &Who) -> bool {
         let seen = self.seen_by.get(&(who.replica, who.incarnation));
-        self.lost
-            .iter()
-            .any(|(epoch, lost)| seen.and_then(|s| s.get(epoch)).copied().unwrap_or(0) < *lost)
+        let marks = self.marks_seen_by.get(&(who.replica, who.incarnation));
+        let unaware = |seen: Option<&BTreeMap<String, u64>>, lost: &BTreeMap<String, u64>| {
+            lost.iter()
+                .any(|(epoch, lost)| seen.and_then(|s| s.get(epoch)).copied().unwrap_or(0) < *lost)
+        };
+        unaware(seen, &self.lost) || unaware(marks, &self.lost_marks)
     }
 
     /// Redis is unusable from `from` to `until`.
