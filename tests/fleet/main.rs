@@ -3,6 +3,7 @@
 
 mod redis_server;
 mod replica;
+mod topologies;
 
 use std::sync::Arc;
 use std::time::Duration;

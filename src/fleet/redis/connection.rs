@@ -87,7 +87,11 @@ fn parse_all(urls: &[String], what: &str) -> Result<Vec<ConnectionInfo>, ConfigE
         });
     }
     urls.iter()
-        .map(|url| url.as_str().into_connection_info().map_err(|e| invalid(url, &e)))
+        .map(|url| {
+            url.as_str()
+                .into_connection_info()
+                .map_err(|e| invalid(url, &e))
+        })
         .collect()
 }
 
