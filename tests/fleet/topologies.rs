@@ -8,7 +8,7 @@ use iqm_auth::RedisSession;
 
 use super::redis_server::{RedisServer, free_port};
 use super::replica::ReplicaConfig;
-use super::{fake, finish_all, go_all, runtime, spawn_all, wait_all};
+use super::{fake, finish_all, go_all, layer, runtime, spawn_all, wait_all};
 
 /// Polls `done` every 50 ms, for at most `limit`.
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -312,6 +312,33 @@ fn behind_sentinel_the_fleet_follows_a_failover_without_presenting_a_spent_refre
         (1, 1),
         "no extra login: the new primary had the session"
     );
+}
+
+#[test]
+fn a_sentinel_that_never_answers_leaves_time_to_ask_the_next() {
+    let Some(sentinels) = Sentinels::start() else {
+        return;
+    };
+    // Accepts connections (the kernel does) and never answers: a sentinel on a lost host.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let silent_url = format!("redis://{}", silent.local_addr().expect("an address"));
+    let rt = runtime();
+    let iqm = fake(&rt);
+    let shared = || {
+        RedisSession::sentinel([silent_url.clone(), sentinels.url()], MASTER)
+            .build()
+            .unwrap()
+    };
+
+    let first = layer(&iqm, shared());
+    rt.block_on(first.access_token()).unwrap();
+    let second = layer(&iqm, shared());
+    rt.block_on(second.access_token()).unwrap();
+
+    assert_eq!(first.stats().shared_errors, 0, "{:?}", first.stats());
+    assert_eq!(second.stats().shared_errors, 0, "{:?}", second.stats());
+    assert_eq!(second.stats().shared_adoptions, 1, "{:?}", second.stats());
+    assert_eq!(iqm.logins(), 1);
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! A primary found through Sentinel, and found again after a failover.
 //!
 //! The sentinels are asked for the named primary on first use (the `redis` crate's
-//! [`SentinelClient`] also checks that the node answers `ROLE` as a primary), and the connection
-//! to it is kept. It is dropped, and the primary asked of the sentinels again on the next call:
+//! [`SentinelClient`] also checks that the node answers `ROLE` as a primary), one after another
+//! within the command timeout, starting with the one that answered last, so that a sentinel on
+//! a lost host costs a share of one call's timeout, not every call. The connection to the
+//! primary is kept. It is dropped, and the primary asked of the sentinels again on the next call:
 //! - when a sentinel announces a failover (`+switch-master` for this master): a task watches
 //!   the sentinels from the first call on, so the fleet's calls go to the new primary as soon
 //!   as the failover completes, without a failed call first;
@@ -10,7 +12,7 @@
 //! - after a `READONLY` answer (a former primary, now a replica): that call ran no write, so
 //!   it is sent once more, to the primary found again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -34,8 +36,11 @@ const WATCH_RETRY: Duration = Duration::from_secs(1);
 const WATCH_PING: Duration = Duration::from_secs(5);
 
 pub(super) struct Sentinel {
-    /// Asks the sentinels; one question at a time.
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// One client per sentinel, each asking only its own; one call asks at a time, the others
+    /// wait for its answer.
+    clients: tokio::sync::Mutex<Vec<SentinelClient>>,
+    /// The sentinel that answered last, asked first.
+    preferred: AtomicUsize,
     shared: Arc<Shared>,
     /// The sentinels, for the watcher's subscriptions.
     sentinels: Vec<ConnectionInfo>,
@@ -97,15 +102,22 @@ impl Sentinel {
                 info.set_redis_settings(settings)
             })
             .collect();
-        let client = SentinelClient::build(
-            sentinels.clone(),
-            master,
-            Some(node),
-            SentinelServerType::Master,
-        )?;
+        let clients = sentinels
+            .iter()
+            .map(|sentinel| {
+                let client = SentinelClient::build(
+                    vec![sentinel.clone()],
+                    master,
+                    Some(node.clone()),
+                    SentinelServerType::Master,
+                )?;
+                Ok(client)
+            })
+            .collect::<redis::RedisResult<_>>()?;
         let timeout = Some(command_timeout);
         Ok(Self {
-            client: tokio::sync::Mutex::new(client),
+            clients: tokio::sync::Mutex::new(clients),
+            preferred: AtomicUsize::new(0),
             shared: Arc::default(),
             sentinels,
             master: master.to_owned(),
@@ -127,18 +139,38 @@ impl Sentinel {
         if let Some(primary) = self.shared.primary.lock().clone() {
             return Ok(primary);
         }
-        let mut client = self.client.lock().await;
+        let mut clients = self.clients.lock().await;
         // Another call may have found it while this one waited.
         if let Some(primary) = self.shared.primary.lock().clone() {
             return Ok(primary);
         }
-        let node = client.async_get_client().await?;
-        let connection = node
-            .get_multiplexed_async_connection_with_config(&self.connection_config)
-            .await?;
-        let id = self.shared.made.fetch_add(1, Ordering::Relaxed);
-        *self.shared.primary.lock() = Some((id, connection.clone()));
-        Ok((id, connection))
+        let count = clients.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        // Each sentinel gets a share of the call's time: one that never answers (its host
+        // lost) leaves time to ask the next.
+        let share = (self.command_timeout / 3).max(Duration::from_millis(50));
+        let mut last = None;
+        for index in (first..first + count).map(|i| i % count) {
+            let Some(client) = clients.get_mut(index) else {
+                continue;
+            };
+            let asked = async {
+                let node = client.async_get_client().await?;
+                node.get_multiplexed_async_connection_with_config(&self.connection_config)
+                    .await
+            };
+            match tokio::time::timeout(share, asked).await {
+                Ok(Ok(connection)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    let id = self.shared.made.fetch_add(1, Ordering::Relaxed);
+                    *self.shared.primary.lock() = Some((id, connection.clone()));
+                    return Ok((id, connection));
+                }
+                Ok(Err(err)) => last = Some(err),
+                Err(_) => last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| (redis::ErrorKind::EmptySentinelList, "no sentinel").into()))
     }
 
     /// Runs the script on the current primary (see the module's comment for failovers).
