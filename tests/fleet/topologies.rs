@@ -169,7 +169,9 @@ const MASTER: &str = "mymaster";
 
 impl Sentinels {
     fn start() -> Option<Self> {
-        let primary = RedisServer::start()?;
+        // The replica's first copy at once, not after the 5-s wait for more replicas.
+        let eager = ["--repl-diskless-sync-delay", "0"].map(str::to_owned);
+        let primary = RedisServer::start_program("redis-server", &eager, free_port(), None)?;
         // The sentinel's file, and the copy of the primary's data the replica loads from.
         let dir = tempfile::tempdir().expect("a directory for the sentinel and the replica");
         let replica_port = free_port();

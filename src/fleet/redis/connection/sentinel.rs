@@ -2,9 +2,10 @@
 //!
 //! The sentinels are asked for the named primary on first use (the `redis` crate's
 //! [`SentinelClient`] also checks that the node answers `ROLE` as a primary), one after another
-//! within the command timeout, starting with the one that answered last, so that a sentinel on
-//! a lost host costs a share of one call's timeout, not every call. The connection to the
-//! primary is kept. It is dropped, and the primary asked of the sentinels again on the next call:
+//! within the command timeout (each an equal share of the time left), starting with the one
+//! that answered last, so that a sentinel on a lost host costs a share of one call's timeout,
+//! not every call. The connection to the primary is kept. It is dropped, and the primary asked
+//! of the sentinels again on the next call:
 //! - when a sentinel announces a failover (`+switch-master` for this master): a task watches
 //!   the sentinels from the first call on, so the fleet's calls go to the new primary as soon
 //!   as the failover completes, without a failed call first;
@@ -146,20 +147,22 @@ impl Sentinel {
         }
         let count = clients.len();
         let first = self.preferred.load(Ordering::Relaxed);
-        // Each sentinel gets a share of the call's time: one that never answers (its host
-        // lost) leaves time to ask the next.
-        let share = (self.command_timeout / 3).max(Duration::from_millis(50));
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
         let mut last = None;
-        for index in (first..first + count).map(|i| i % count) {
+        for (asked, index) in (first..first + count).map(|i| i % count).enumerate() {
             let Some(client) = clients.get_mut(index) else {
                 continue;
             };
-            let asked = async {
+            // Each sentinel gets an equal share of the time left: one that never answers (its
+            // host lost) leaves time to ask the next; the last one gets all that is left.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let share = left / u32::try_from(count - asked).unwrap_or(u32::MAX);
+            let answer = async {
                 let node = client.async_get_client().await?;
                 node.get_multiplexed_async_connection_with_config(&self.connection_config)
                     .await
             };
-            match tokio::time::timeout(share, asked).await {
+            match tokio::time::timeout(share, answer).await {
                 Ok(Ok(connection)) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     let id = self.shared.made.fetch_add(1, Ordering::Relaxed);
