@@ -57,6 +57,9 @@ struct Shared {
     primary: Mutex<Option<(u64, MultiplexedConnection)>>,
     /// Numbers the connections, so that a call drops only the one it used.
     made: AtomicU64,
+    /// Counts the times the primary was forgotten: an answer asked for before the last time
+    /// (a failover announced while the sentinels were being asked) is used once, not kept.
+    forgotten: AtomicU64,
 }
 
 impl Shared {
@@ -64,6 +67,7 @@ impl Shared {
         let mut primary = self.primary.lock();
         if id.is_none() || primary.as_ref().map(|(current, _)| *current) == id {
             *primary = None;
+            self.forgotten.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -145,6 +149,7 @@ impl Sentinel {
         if let Some(primary) = self.shared.primary.lock().clone() {
             return Ok(primary);
         }
+        let forgotten = self.shared.forgotten.load(Ordering::SeqCst);
         let count = clients.len();
         let first = self.preferred.load(Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + self.command_timeout;
@@ -166,7 +171,10 @@ impl Sentinel {
                 Ok(Ok(connection)) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     let id = self.shared.made.fetch_add(1, Ordering::Relaxed);
-                    *self.shared.primary.lock() = Some((id, connection.clone()));
+                    let mut primary = self.shared.primary.lock();
+                    if self.shared.forgotten.load(Ordering::SeqCst) == forgotten {
+                        *primary = Some((id, connection.clone()));
+                    }
                     return Ok((id, connection));
                 }
                 Ok(Err(err)) => last = Some(err),
