@@ -248,3 +248,33 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_never_show_a_password_of_any_url() {
+        let timeout = Duration::from_millis(100);
+        let cluster = Target::Cluster(vec![
+            "redis://:s3cret-pass@127.0.0.1:7000".to_owned(),
+            "redis://:s3cret-pass@127.0.0.1:7001".to_owned(),
+        ]);
+        let sentinel = Target::Sentinel {
+            urls: vec!["redis://:other-pass@127.0.0.1:26379/2".to_owned()],
+            master: "mymaster".to_owned(),
+        };
+        for (target, password) in [(cluster, "s3cret-pass"), (sentinel, "other-pass")] {
+            let connection = Connection::open(&target, timeout).unwrap();
+            let err = redis::RedisError::from((
+                redis::ErrorKind::AuthenticationFailed,
+                "refused",
+                format!("password {password} was wrong"),
+            ));
+            let shown = connection.error(&err).to_string();
+            assert!(!shown.contains(password), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+            assert!(!target.shown().contains(password));
+        }
+    }
+}
