@@ -8,6 +8,7 @@ mod redis_server;
 mod replica;
 mod rollout;
 mod rotation;
+mod topologies;
 
 use std::sync::Arc;
 use std::time::Duration;

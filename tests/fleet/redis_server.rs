@@ -73,42 +73,57 @@ impl RedisServer {
 
     /// Starts a server on `port`, requiring `password` if given.
     pub fn start_with(port: u16, password: Option<&str>) -> Option<Self> {
-        Self::start_in(port, password, None)
+        let mut args = Vec::new();
+        if let Some(password) = password {
+            args = vec!["--requirepass".to_owned(), password.to_owned()];
+        }
+        Self::start_program("redis-server", &args, port, password)
     }
 
     /// Starts a server on `port` that loads `dir/dump.rdb` if there is one, and writes it on
     /// [`save`](Self::save) only.
     pub fn start_persistent(port: u16, dir: &std::path::Path) -> Option<Self> {
-        Self::start_in(port, None, Some(dir))
+        let args = vec![
+            "--dir".to_owned(),
+            dir.to_string_lossy().into_owned(),
+            "--dbfilename".to_owned(),
+            "dump.rdb".to_owned(),
+        ];
+        Self::start_program("redis-server", &args, port, None)
     }
 
-    fn start_in(port: u16, password: Option<&str>, dir: Option<&std::path::Path>) -> Option<Self> {
-        let mut command = Command::new("redis-server");
+    /// Starts `program` (`redis-server` or `redis-sentinel`) on `port` with `args` after the
+    /// usual loopback settings (a configuration file, if any, must come first: pass it as
+    /// `args[0]` and it is put before them).
+    pub fn start_program(
+        program: &str,
+        args: &[String],
+        port: u16,
+        password: Option<&str>,
+    ) -> Option<Self> {
+        let mut command = Command::new(program);
+        let (file, args) = match args.first() {
+            Some(first) if !first.starts_with("--") => (Some(first), &args[1..]),
+            _ => (None, args),
+        };
+        command.args(file);
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--enable-debug-command", "local"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(password) = password {
-            command.args(["--requirepass", password]);
-        }
-        if let Some(dir) = dir {
-            command
-                .arg("--dir")
-                .arg(dir)
-                .args(["--dbfilename", "dump.rdb"]);
-        }
         let child = match command.spawn() {
             Ok(child) => child,
             Err(err) if std::env::var_os("CI").is_none() => {
                 eprintln!(
-                    "skipping: redis-server could not be started ({err}); install it with \
-                     `apt-get install redis-server`"
+                    "skipping: {program} could not be started ({err}); install it with \
+                     `apt-get install redis-server redis-sentinel`"
                 );
                 return None;
             }
-            Err(err) => panic!("redis-server is required on CI: {err}"),
+            Err(err) => panic!("{program} is required on CI: {err}"),
         };
         let server = Self {
             child: Some(child),

@@ -46,6 +46,9 @@ pub struct ReplicaConfig {
     /// The wall clock's offset under libfaketime (`FAKETIME`, e.g. `+5m`); monotonic time is
     /// left alone.
     pub wall_clock_offset: Option<String>,
+    /// Where Redis is when it is not one server: `FLEET_CLUSTER_URLS` or
+    /// `FLEET_SENTINEL_URLS` and `FLEET_SENTINEL_MASTER` (see `topologies.rs`).
+    pub topology_env: Vec<(&'static str, String)>,
 }
 
 impl ReplicaConfig {
@@ -164,6 +167,7 @@ impl Replica {
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_NO_CACHE", "1");
         }
+        command.envs(config.topology_env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("replica process starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
@@ -313,7 +317,15 @@ pub fn run() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let mut shared = RedisSession::builder(redis);
+    // Comma-separated URLs: a cluster's nodes, or sentinels watching FLEET_SENTINEL_MASTER.
+    let mut shared = match (var("FLEET_CLUSTER_URLS"), var("FLEET_SENTINEL_URLS")) {
+        (Some(urls), _) => RedisSession::cluster(urls.split(',')),
+        (None, Some(urls)) => RedisSession::sentinel(
+            urls.split(','),
+            var("FLEET_SENTINEL_MASTER").expect("FLEET_SENTINEL_MASTER"),
+        ),
+        (None, None) => RedisSession::builder(redis),
+    };
     if let Some(namespace) = var("FLEET_NAMESPACE") {
         shared = shared.namespace(namespace);
     }

@@ -1,6 +1,12 @@
 //! [`RedisSession`]: the shared session in Redis (or any server speaking its protocol, such as
 //! Valkey), kept by Lua scripts so that every check-and-set is one atomic step.
 //!
+//! Where: one server ([`RedisSession::builder`]), a Redis Cluster ([`RedisSession::cluster`]:
+//! every key of a scope shares one hash tag, so each script runs on the primary owning that
+//! slot) or a primary watched by Sentinel ([`RedisSession::sentinel`], failovers followed).
+//! A single-server URL pointed at one node of a cluster does not work: a node that does not
+//! own the slot answers `MOVED`, and the replicas then renew on their own.
+//!
 //! Keys, under `iqm-auth:{<scope>}:` (the braces keep them in one cluster slot):
 //! - `session`: a hash of `epoch` (made with the session), `gen` (the shared generation), `set`
 //!   (the sealed token set), `key` (the id of the key it is sealed under), `expires_at` and `published_at` (on
@@ -23,9 +29,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Client, Script};
+use redis::Script;
 
-use self::connection::Connection;
+use self::connection::{Connection, Target};
 use self::scripts::Scripts;
 use super::seal::Sealer;
 use super::{
@@ -41,7 +47,7 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `build()` is called"]
 pub struct RedisSessionBuilder {
-    url: String,
+    target: Target,
     namespace: Option<String>,
     lease_ttl: Duration,
     encryption_keys: Vec<[u8; 32]>,
@@ -51,7 +57,7 @@ pub struct RedisSessionBuilder {
 impl fmt::Debug for RedisSessionBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSessionBuilder")
-            .field("url", &crate::config::without_user_info(&self.url))
+            .field("url", &self.target.shown())
             .field("namespace", &self.namespace)
             .field("lease_ttl", &self.lease_ttl)
             .field("encryption_keys", &self.encryption_keys.len())
@@ -108,17 +114,12 @@ impl RedisSessionBuilder {
     /// Checks the settings. Sends nothing: the connection is made on first use.
     ///
     /// # Errors
-    /// [`ConfigError::InvalidRedisUrl`] (never naming a password in the URL), or
-    /// [`ConfigError::InvalidNamespace`].
+    /// [`ConfigError::InvalidRedisUrl`] (never naming a password in the URL) when a URL does
+    /// not parse, a cluster or sentinel list is empty, or a cluster's nodes disagree on their
+    /// user, password or TLS; or [`ConfigError::InvalidNamespace`].
     pub fn build(self) -> Result<RedisSession, ConfigError> {
-        let shown = crate::config::without_user_info(&self.url);
-        let client = Client::open(self.url.as_str()).map_err(|err| {
-            let problem = format!("{:?}", err.kind());
-            ConfigError::InvalidRedisUrl {
-                url: shown.clone(),
-                problem,
-            }
-        })?;
+        let shown = self.target.shown();
+        let connection = Connection::open(&self.target, self.command_timeout)?;
         if let Some(namespace) = &self.namespace {
             let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
             if namespace.is_empty() || namespace.len() > 128 || !namespace.chars().all(allowed) {
@@ -127,7 +128,7 @@ impl RedisSessionBuilder {
         }
         Ok(RedisSession {
             inner: Arc::new(Inner {
-                connection: Connection::new(client, self.command_timeout),
+                connection,
                 url: shown,
                 namespace: self.namespace,
                 lease_ttl: self.lease_ttl.max(Duration::from_millis(100)),
@@ -195,8 +196,58 @@ impl RedisSession {
     /// Starts building a session shared through the Redis at `url` (`redis://`, `rediss://`
     /// for TLS, `unix://`).
     pub fn builder(url: impl Into<String>) -> RedisSessionBuilder {
+        Self::builder_for(Target::Single(url.into()))
+    }
+
+    /// Starts building a session shared through a Redis Cluster, discovered from the nodes at
+    /// `urls` (some or all of its primaries and replicas; `redis://` or `rediss://`, database
+    /// 0, one user and password for all). Each script runs on the primary owning the scope's
+    /// slot: the client follows `MOVED` and `ASK` redirections and the cluster's failovers.
+    ///
+    /// ```
+    /// let shared = iqm_auth::RedisSession::cluster([
+    ///     "redis://redis-node-0:6379",
+    ///     "redis://redis-node-1:6379",
+    ///     "redis://redis-node-2:6379",
+    /// ])
+    /// .namespace("acme-prod")
+    /// .build()?; // sends nothing
+    /// # let _ = shared;
+    /// # Ok::<(), iqm_auth::ConfigError>(())
+    /// ```
+    pub fn cluster(urls: impl IntoIterator<Item = impl Into<String>>) -> RedisSessionBuilder {
+        Self::builder_for(Target::Cluster(urls.into_iter().map(Into::into).collect()))
+    }
+
+    /// Starts building a session shared through the primary that the sentinels at `urls` know
+    /// as `master`. The URLs' user and password are used for the sentinels and the primary
+    /// alike; their database number (`redis://host:26379/2`) for the primary. The sentinels
+    /// are asked for the primary on first use and again after a failover, which the session
+    /// follows as soon as a sentinel announces it (and after a connection error, or a
+    /// `READONLY` answer from a demoted primary).
+    ///
+    /// ```
+    /// let shared = iqm_auth::RedisSession::sentinel(
+    ///     ["redis://sentinel-0:26379", "redis://sentinel-1:26379", "redis://sentinel-2:26379"],
+    ///     "mymaster",
+    /// )
+    /// .build()?; // sends nothing
+    /// # let _ = shared;
+    /// # Ok::<(), iqm_auth::ConfigError>(())
+    /// ```
+    pub fn sentinel(
+        urls: impl IntoIterator<Item = impl Into<String>>,
+        master: impl Into<String>,
+    ) -> RedisSessionBuilder {
+        Self::builder_for(Target::Sentinel {
+            urls: urls.into_iter().map(Into::into).collect(),
+            master: master.into(),
+        })
+    }
+
+    fn builder_for(target: Target) -> RedisSessionBuilder {
         RedisSessionBuilder {
-            url: url.into(),
+            target,
             namespace: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             encryption_keys: Vec::new(),
