@@ -15,6 +15,12 @@ use crate::fleet::SessionCoordinator;
 use crate::secret::Secret;
 use crate::store::{MemoryTokenStore, NewTokensHook, StoredTokens, TokenStore};
 
+mod env;
+mod url;
+
+pub(crate) use self::url::without_user_info;
+use self::url::{RawBaseUrl, parse_base_url};
+
 /// IQM's production API.
 const DEFAULT_BASE_URL: &str = "https://api.iqm.com";
 /// How long before `expires_in` runs out a token is renewed, unless set otherwise.
@@ -36,16 +42,6 @@ const DEFAULT_ENDPOINT_REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 const DEFAULT_AUTH_CALL_BUDGET: (u32, u32) = (10, 3);
 /// How many times one login or refresh call is tried when it fails transiently.
 const DEFAULT_AUTH_ATTEMPTS: u32 = 3;
-
-/// The environment variables [`IqmAuth::from_env`] reads; `IQM_BASE_URL` is optional.
-const ENV_VARS: [&str; 6] = [
-    "IQM_BASE_URL",
-    "IQM_CLIENT_ID",
-    "IQM_CLIENT_SECRET",
-    "IQM_WORKSPACE_HOST",
-    "IQM_EMAIL",
-    "IQM_PASSWORD",
-];
 
 /// Builds an [`IqmAuth`]. Setters never fail; [`build`](Self::build) checks everything at once.
 ///
@@ -386,33 +382,6 @@ impl IqmAuthBuilder {
             http,
         })
     }
-
-    /// A builder filled from the `IQM_*` environment variables (see [`IqmAuth::from_env`]).
-    ///
-    /// # Errors
-    /// [`ConfigError::MissingEnv`] listing every required variable that is unset or empty.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let [base_var, required @ ..] = ENV_VARS;
-        let missing: Vec<&'static str> =
-            required.into_iter().filter(|n| get(n).is_none()).collect();
-        if !missing.is_empty() {
-            return Err(ConfigError::MissingEnv(missing));
-        }
-        let value = |name: &str| get(name).unwrap_or_default();
-        let mut builder = Self::default()
-            .client_credentials(value("IQM_CLIENT_ID"), value("IQM_CLIENT_SECRET"))
-            .workspace_host(value("IQM_WORKSPACE_HOST"))
-            .credentials(value("IQM_EMAIL"), value("IQM_PASSWORD"));
-        if let Some(base) = get(base_var) {
-            builder = builder.base_url(base);
-        }
-        Ok(builder)
-    }
 }
 
 fn require(what: &'static str, blank: bool) -> Result<(), ConfigError> {
@@ -421,57 +390,6 @@ fn require(what: &'static str, blank: bool) -> Result<(), ConfigError> {
     } else {
         Ok(())
     }
-}
-
-/// The base URL as the user gave it, before validation. `Debug` hides any user info in it (a
-/// password), since the builder may be logged before `build()` refuses such a URL.
-#[derive(Clone)]
-struct RawBaseUrl(String);
-
-impl std::fmt::Debug for RawBaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&without_user_info(&self.0), f)
-    }
-}
-
-/// `raw` with everything between `scheme://` and the last `@` of the authority replaced, so
-/// that a URL such as `https://user:hunter2@host` can be shown. Works on text that does not
-/// parse as a URL too.
-pub(crate) fn without_user_info(raw: &str) -> String {
-    let (scheme, rest) = match raw.find("://") {
-        Some(i) => raw.split_at(i + 3),
-        None => ("", raw),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}[redacted]{}", &rest[at..]),
-        None => raw.to_owned(),
-    }
-}
-
-fn parse_base_url(raw: &str) -> Result<Url, ConfigError> {
-    let invalid = |problem: &str| ConfigError::InvalidBaseUrl {
-        url: without_user_info(raw),
-        problem: problem.to_owned(),
-    };
-    let mut url = Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("the scheme must be http or https"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("it has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("it must not carry credentials"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("it must not have a query or fragment"));
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
 }
 
 /// Settings after validation.
@@ -509,128 +427,4 @@ pub(crate) struct Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn complete() -> IqmAuthBuilder {
-        IqmAuth::builder()
-            .client_credentials("id", "secret")
-            .workspace_host("acme.iqm.com")
-            .credentials("a@b.c", "pw")
-    }
-
-    #[test]
-    fn a_complete_builder_builds_with_the_default_base_url() {
-        assert!(complete().build().is_ok());
-    }
-
-    #[test]
-    fn each_missing_or_blank_field_is_named() {
-        let cases = [
-            (complete().client_credentials("", "s"), "client id"),
-            (complete().client_credentials("i", " "), "client secret"),
-            (complete().workspace_host(""), "workspace host"),
-            (complete().credentials("", "pw"), "email"),
-            (complete().credentials("a@b.c", ""), "password"),
-        ];
-        for (builder, field) in cases {
-            assert_eq!(builder.build().unwrap_err(), ConfigError::Missing(field));
-        }
-    }
-
-    #[test]
-    fn bad_base_urls_are_refused_with_the_reason() {
-        for (url, reason) in [
-            ("not a url", "relative URL"),
-            ("ftp://api.iqm.com", "scheme"),
-            ("https://user:pw@api.iqm.com", "credentials"),
-            ("https://api.iqm.com/?x=1", "query"),
-        ] {
-            match complete().base_url(url).build() {
-                Err(ConfigError::InvalidBaseUrl { problem, .. }) => {
-                    assert!(problem.contains(reason), "{url}: {problem}")
-                }
-                other => panic!("{url}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn a_password_in_the_base_url_is_neither_accepted_nor_echoed() {
-        for url in [
-            "https://user:hunter2@api.iqm.com",
-            "https://hunter2@api.iqm.com/path",
-            "https://user:hunter2@api.iqm.com:notaport",
-            "user:hunter2@api.iqm.com",
-        ] {
-            let builder = complete().base_url(url);
-            let debug = format!("{builder:?}");
-            let err = builder.build().unwrap_err();
-            let shown = format!("{debug} {err} {err:?}");
-            assert!(!shown.contains("hunter2"), "{url}: {shown}");
-        }
-        assert_eq!(
-            without_user_info("https://user:pw@api.iqm.com/x?a=b@c"),
-            "https://[redacted]@api.iqm.com/x?a=b@c"
-        );
-        assert_eq!(
-            without_user_info("https://api.iqm.com/"),
-            "https://api.iqm.com/"
-        );
-    }
-
-    #[test]
-    fn a_base_path_gets_a_trailing_slash_so_endpoints_join_below_it() {
-        assert_eq!(
-            parse_base_url("http://127.0.0.1:8080/iqm")
-                .unwrap()
-                .as_str(),
-            "http://127.0.0.1:8080/iqm/"
-        );
-    }
-
-    #[test]
-    fn from_env_names_every_missing_variable() {
-        let err =
-            IqmAuthBuilder::from_lookup(|name| (name == "IQM_CLIENT_ID").then(|| "id".to_owned()))
-                .unwrap_err();
-        assert_eq!(
-            err,
-            ConfigError::MissingEnv(vec![
-                "IQM_CLIENT_SECRET",
-                "IQM_WORKSPACE_HOST",
-                "IQM_EMAIL",
-                "IQM_PASSWORD"
-            ])
-        );
-        assert_eq!(
-            err.to_string(),
-            "missing environment variables: IQM_CLIENT_SECRET, IQM_WORKSPACE_HOST, IQM_EMAIL, \
-             IQM_PASSWORD"
-        );
-    }
-
-    #[test]
-    fn from_env_reads_every_variable() {
-        let builder = IqmAuthBuilder::from_lookup(|name| Some(format!("{name}-value")))
-            .map(|b| b.base_url("http://127.0.0.1:1"));
-        let debug = format!("{:?}", builder.unwrap());
-        assert!(debug.contains("IQM_CLIENT_ID-value"));
-        assert!(!debug.contains("IQM_PASSWORD-value"), "{debug}");
-        assert!(!debug.contains("IQM_CLIENT_SECRET-value"), "{debug}");
-    }
-
-    #[test]
-    fn the_builders_debug_redacts_secrets() {
-        let debug = format!(
-            "{:?}",
-            complete()
-                .client_credentials("id", "the-secret")
-                .credentials("e", "the-password")
-        );
-        assert!(
-            !debug.contains("the-secret") && !debug.contains("the-password"),
-            "{debug}"
-        );
-    }
-}
+mod tests;
