@@ -2,6 +2,8 @@
 //!
 //! `cargo bench --bench fleet --features redis` (needs `redis-server` on the PATH). Prints a
 //! report: logins for 50 processes started together, renewals for a 401 storm across them, the
+//! Redis commands and bytes each costs per replica (`INFO commandstats`, `INFO stats`), the same
+//! for a storm whose lease holder crashes mid-login (the others wait out the lease TTL), the
 //! time a joining replica takes to get a token from Redis as a ratio to a login against the fake
 //! IQM (measured in the same run), and Redis commands per 1,000 steady-state requests.
 
@@ -28,6 +30,49 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
+/// What Redis has served so far: commands sent to it (script calls and script loads; the
+/// commands the scripts run inside Redis, which `INFO commandstats` counts too, and the `INFO`
+/// calls that measure it are left out) and bytes in and out.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    commands: u64,
+    bytes: u64,
+}
+
+fn load(redis: &RedisServer) -> Load {
+    let commands = redis
+        .command_calls()
+        .iter()
+        .filter(|(name, _)| name.starts_with("eval") || name.as_str() == "script|load")
+        .map(|(_, calls)| calls)
+        .sum();
+    let info = redis.raw("INFO stats\r\n").expect("INFO stats");
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    Load {
+        commands,
+        bytes: field("total_net_input_bytes") + field("total_net_output_bytes"),
+    }
+}
+
+/// Commands and bytes per replica between two loads.
+fn per_replica(before: Load, after: Load) -> String {
+    format!(
+        "{:.1} commands, {:.0} bytes per replica",
+        (after.commands - before.commands) as f64 / REPLICAS as f64,
+        (after.bytes - before.bytes) as f64 / REPLICAS as f64,
+    )
+}
+
 fn main() {
     if replica::is_replica() {
         replica::run();
@@ -45,25 +90,55 @@ fn main() {
         let mut config = ReplicaConfig::new(&iqm, &redis.url(), "get:2,wait,get:2");
         config.namespace = Some(format!("bench-{round}"));
         let started = Instant::now();
+        let cold_load = load(&redis);
         let mut replicas: Vec<Replica> = (0..REPLICAS).map(|_| Replica::spawn(&config)).collect();
         for replica in &replicas {
             replica.wait_until_waiting();
         }
         let cold = started.elapsed();
+        let cold_cost = per_replica(cold_load, load(&redis));
         let cold_logins = iqm.logins() - logins;
         let (logins, refreshes_before) = (iqm.logins(), iqm.refreshes());
         iqm.revoke_all_access_tokens();
+        let storm_load = load(&redis);
         for replica in &mut replicas {
             replica.go();
         }
         let reports: Vec<_> = replicas.into_iter().map(Replica::finish).collect();
+        let storm_cost = per_replica(storm_load, load(&redis));
         let failed: u64 = reports.iter().map(|r| r.failed).sum();
         println!(
-            "  round {}: cold start {cold_logins} login(s) in {cold:.2?}; 401 storm {} renewal(s) at IQM; {failed} failed requests",
+            "  round {}: cold start {cold_logins} login(s) in {cold:.2?} ({cold_cost}); 401 storm {} renewal(s) at IQM ({storm_cost}); {failed} failed requests",
             round + 1,
             iqm.logins() - logins + iqm.refreshes() - refreshes_before,
         );
     }
+
+    // A cold start whose lease holder crashes mid-login: the others wait out the lease TTL
+    // (the default, 20 s), polling the generation, then one takes over.
+    iqm.set_login_delay(Duration::from_secs(30));
+    let mut config = ReplicaConfig::new(&iqm, &redis.url(), "get:1");
+    config.namespace = Some("bench-crash".to_owned());
+    let logins = iqm.logins();
+    let crash_load = load(&redis);
+    let started = Instant::now();
+    let holder = Replica::spawn(&config);
+    while iqm.logins() == logins {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let waiters: Vec<Replica> = (1..REPLICAS).map(|_| Replica::spawn(&config)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    iqm.set_login_delay(Duration::ZERO);
+    holder.kill();
+    let reports: Vec<_> = waiters.into_iter().map(Replica::finish).collect();
+    let failed: u64 = reports.iter().map(|r| r.failed).sum();
+    println!(
+        "  holder crashed mid-login: {} more login(s), all {} others served in {:.2?} ({}); {failed} failed requests",
+        iqm.logins() - logins,
+        REPLICAS - 1,
+        started.elapsed(),
+        per_replica(crash_load, load(&redis)),
+    );
 
     // A joining replica's first token: from Redis, against a login at the fake (same run).
     let shared = || {

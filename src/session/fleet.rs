@@ -31,11 +31,14 @@ use super::lease::UnderLease;
 use super::seen::Seen;
 
 /// The longest one wait for another replica's set lasts before the lease is tried again (its
-/// holder may have crashed).
-const WAIT_SLICE: Duration = Duration::from_secs(1);
+/// holder may have crashed): a quarter of the lease TTL, between these bounds. Waiting polls
+/// the generation, quickly at first (see [`SessionCoordinator::wait_for_newer`]): the longer
+/// the slice, the fewer commands a long wait costs.
+const WAIT_SLICE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5));
 
 /// The most any coordinator call may take, whatever the coordinator's own timeout: a
-/// coordinator that hangs must not hold a request. Longer than [`WAIT_SLICE`].
+/// coordinator that hangs must not hold a request. A wait for a newer set may take this much
+/// longer than its slice.
 const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long the coordinator must stay out of reach before a replica that needs a token renews
@@ -340,11 +343,15 @@ impl Session {
             }
             debug!("another replica renews the shared IQM session; waiting for its set");
             let seen = now_shared.as_ref().map_or(0, |s| s.generation);
-            let slice = (patience - waited).min(WAIT_SLICE);
+            let (shortest, longest) = WAIT_SLICE;
+            let slice = (fleet.coordinator.lease_ttl() / 4)
+                .clamp(shortest, longest)
+                .min(patience - waited);
             let newer = self
-                .reach(
+                .reach_within(
                     fleet,
                     &mut reach,
+                    slice + COORDINATOR_CALL_LIMIT,
                     fleet.coordinator.wait_for_newer(&fleet.scope, seen, slice),
                 )
                 .await;
@@ -419,7 +426,19 @@ impl Session {
         reach: &mut Reach,
         call: impl Future<Output = Result<T, CoordinatorError>>,
     ) -> Option<T> {
-        let answer = self.coordinate(fleet, call).await;
+        self.reach_within(fleet, reach, COORDINATOR_CALL_LIMIT, call)
+            .await
+    }
+
+    /// [`reach`](Self::reach) for a call that may take up to `limit`.
+    async fn reach_within<T>(
+        &self,
+        fleet: &Fleet,
+        reach: &mut Reach,
+        limit: Duration,
+        call: impl Future<Output = Result<T, CoordinatorError>>,
+    ) -> Option<T> {
+        let answer = self.coordinate_within(fleet, limit, call).await;
         if answer.is_some() {
             reach.reached = true;
             reach.failing_since = None;
@@ -436,11 +455,18 @@ impl Session {
         fleet: &Fleet,
         call: impl Future<Output = Result<T, CoordinatorError>>,
     ) -> Option<T> {
-        let outcome = tokio::time::timeout(
-            COORDINATOR_CALL_LIMIT,
-            AssertUnwindSafe(call).catch_unwind(),
-        )
-        .await;
+        self.coordinate_within(fleet, COORDINATOR_CALL_LIMIT, call)
+            .await
+    }
+
+    /// [`coordinate`](Self::coordinate) for a call that may take up to `limit`.
+    async fn coordinate_within<T>(
+        &self,
+        fleet: &Fleet,
+        limit: Duration,
+        call: impl Future<Output = Result<T, CoordinatorError>>,
+    ) -> Option<T> {
+        let outcome = tokio::time::timeout(limit, AssertUnwindSafe(call).catch_unwind()).await;
         let err = match outcome {
             Ok(Ok(Ok(value))) => {
                 if fleet.down.swap(false, Ordering::Relaxed) {
@@ -453,7 +479,7 @@ impl Session {
                 self.counters.user_code_panic();
                 CoordinatorError("the coordinator panicked".to_owned())
             }
-            Err(_) => CoordinatorError(format!("no answer within {COORDINATOR_CALL_LIMIT:?}")),
+            Err(_) => CoordinatorError(format!("no answer within {limit:?}")),
         };
         self.counters.shared_error();
         if !fleet.down.swap(true, Ordering::Relaxed) {
