@@ -9,6 +9,7 @@ mod replica;
 mod rollout;
 mod rotation;
 mod topologies;
+mod unknown;
 
 use std::sync::Arc;
 use std::time::Duration;
