@@ -321,7 +321,18 @@ impl Session {
                         .await;
                     match renewed {
                         Ok(UnderLease::Acquired(acquired)) => break Ok(Some(acquired)),
-                        Ok(UnderLease::Unavailable) => break Ok(None),
+                        Ok(UnderLease::LeaveAlone) => break Ok(None),
+                        Ok(UnderLease::Unreachable) => {
+                            // As any failed call: tried again (the lease, this replica's own,
+                            // is recognised) while the grace lasts.
+                            reach.failing_since.get_or_insert_with(Instant::now);
+                            if let Some(end) =
+                                self.unreachable(&reach, reason, local.as_deref()).await
+                            {
+                                break end;
+                            }
+                            continue;
+                        }
                         Ok(UnderLease::LookAgain) => {}
                         Err(err) => break Err(err),
                     }

@@ -20,9 +20,10 @@ use super::pacing::fleet_pause;
 /// How a renewal under the lease ended.
 pub(super) enum UnderLease {
     Acquired((Arc<CachedToken>, Source)),
-    /// The coordinator failed, or holds a set this replica must leave alone: renew on this
-    /// replica's own.
-    Unavailable,
+    /// The coordinator did not answer: try it again while the grace lasts.
+    Unreachable,
+    /// The coordinator holds a set this replica must leave alone: renew on this replica's own.
+    LeaveAlone,
     /// The lease ran out or the shared set moved on before the refresh: start over.
     LookAgain,
 }
@@ -42,12 +43,12 @@ impl Session {
             .coordinate(fleet, fleet.coordinator.read(&fleet.scope))
             .await
         else {
-            return Ok(UnderLease::Unavailable);
+            return Ok(UnderLease::Unreachable);
         };
         if let Some(shared) = &shared {
             fleet.read(shared);
             if shared.foreign_key {
-                return Ok(UnderLease::Unavailable);
+                return Ok(UnderLease::LeaveAlone);
             }
         }
         if let Some(token) = self.adoptable(fleet, shared.as_ref(), local.map(|l| &**l), reason) {
@@ -75,7 +76,7 @@ impl Session {
                 Some(true) => {}
                 // The lease ran out, or the set moved on: look again.
                 Some(false) => return Ok(UnderLease::LookAgain),
-                None => return Ok(UnderLease::Unavailable),
+                None => return Ok(UnderLease::Unreachable),
             }
         }
         let token = match self
@@ -280,11 +281,17 @@ impl Session {
         mut tokens: crate::store::StoredTokens,
     ) -> Option<Arc<CachedToken>> {
         if let Some(expires_in) = shared.expires_in {
-            tokens.expires_at = self.clock.wall() + expires_in;
+            // Whatever a coordinator says, never past what a token may live.
+            let expires_in = expires_in.min(crate::token::MAX_TOKEN_LIFETIME);
+            tokens.expires_at = self.clock.wall().checked_add(expires_in)?;
         }
         tokens.shared = false;
         let token = self.cached_from_stored(tokens)?;
-        token.set_shared_generation(shared.generation);
+        // A coordinator that numbers from 0 still marks the set as shared.
+        token.set_shared_generation(match shared.generation {
+            0 => SHARED_UNKNOWN,
+            generation => generation,
+        });
         Some(token)
     }
 }

@@ -113,9 +113,13 @@ fn refuses_credentials(err: &AuthError) -> bool {
 /// replica's pacing pauses after the same failures in a row, counting from the second (2 s for
 /// an outage, doubling to 30 s; the cool-down for refused credentials, doubling to its maximum;
 /// IQM's `Retry-After`), so that a fleet in an outage spends the auth calls of one replica, not
-/// those of every replica in turn. Nothing for a renewal that made no call of its own.
+/// those of every replica in turn. Nothing for a renewal that made no call of its own (cut off,
+/// or refused by a budget for failed calls: another replica may still renew).
 pub(super) fn fleet_pause(err: &AuthError, policy: &Policy, failures_before: u32) -> Duration {
-    if err.class() == FailureClass::Interrupted {
+    if matches!(
+        err.class(),
+        FailureClass::Interrupted | FailureClass::Throttled
+    ) {
         return Duration::ZERO;
     }
     let in_a_row = Pacing {
@@ -283,6 +287,10 @@ mod tests {
         assert_eq!(pause(&failure(AuthEndpoint::Refresh, 429, None)), 10);
         assert_eq!(pause(&failure(AuthEndpoint::Login, 503, Some(40))), 40);
         assert_eq!(pause(&AuthError::Interrupted), 0);
+        let refused_unsent = AuthError::CallBudgetExhausted {
+            retry_after: Duration::from_secs(40),
+        };
+        assert_eq!(pause(&refused_unsent), 0);
     }
 
     #[test]

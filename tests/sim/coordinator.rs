@@ -420,6 +420,10 @@ impl SessionCoordinator for SimCoordinator {
         let skip = self.redis.skip_generation_check;
         let expected = publication.expected;
         let access = publication.tokens.access_token.expose().to_owned();
+        // The expiry as the writer reckons it, on Redis's clock, when it sends the command (as
+        // `RedisSession` does from the last read's `TIME`): a command that waits in a slow
+        // Redis does not lengthen the set's life.
+        let sent = Instant::now();
         let published = self
             .command(
                 &format!("publish {access} from gen {expected}"),
@@ -434,7 +438,7 @@ impl SessionCoordinator for SimCoordinator {
                     state.generation = state.generation.max(publication.floor) + 1;
                     state.tokens = Some((
                         publication.tokens.clone(),
-                        now + publication.expires_in,
+                        (sent + publication.expires_in).min(now + publication.expires_in),
                         now,
                     ));
                     state.refreshing = false;

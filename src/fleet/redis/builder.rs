@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use super::connection::{Connection, Target};
 use super::scripts::Scripts;
 use super::{Inner, RedisSession};
@@ -101,6 +103,7 @@ impl RedisSessionBuilder {
         Ok(RedisSession {
             inner: Arc::new(Inner {
                 connection,
+                clock: Mutex::default(),
                 url: shown,
                 namespace: self.namespace,
                 lease_ttl: self.lease_ttl.max(Duration::from_millis(100)),

@@ -29,9 +29,12 @@ mod scripts;
 
 pub use self::builder::RedisSessionBuilder;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use redis::Script;
 
@@ -75,6 +78,8 @@ pub struct RedisSession {
 
 struct Inner {
     connection: Connection,
+    /// Per scope, Redis's clock at the last read (ms) and when its answer arrived.
+    clock: Mutex<HashMap<String, (u64, Instant)>>,
     /// The URL without user info, for `Debug`.
     url: String,
     namespace: Option<String>,
@@ -134,6 +139,7 @@ impl SessionCoordinator for RedisSession {
             String,
             String,
             String,
+            String,
         );
         let fields: Option<Fields> = self
             .run(
@@ -154,10 +160,17 @@ impl SessionCoordinator for RedisSession {
             epoch,
             replicas,
             published,
+            redis_now,
         )) = fields
         else {
             return Ok(None);
         };
+        if let Ok(redis_now) = redis_now.parse::<u64>() {
+            self.inner
+                .clock
+                .lock()
+                .insert(scope.to_owned(), (redis_now, Instant::now()));
+        }
         let sealer = &self.inner.sealer;
         let generation = generation.parse().unwrap_or(0);
         let mut shared = if set.is_empty() {
@@ -230,6 +243,20 @@ impl SessionCoordinator for RedisSession {
         let sealer = &self.inner.sealer;
         let sealed = sealer.seal(scope, &publication.tokens);
         let lifetime_ms = publication.expires_in.as_millis().min(u128::from(u32::MAX));
+        // The expiry on Redis's clock as of now, reckoned from the last read's `TIME`: a
+        // publish that waits in a stalled Redis must not lengthen the set's life.
+        let expires_at =
+            self.inner
+                .clock
+                .lock()
+                .get(scope)
+                .map_or_else(String::new, |(at, read)| {
+                    let since = u64::try_from(read.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    at.saturating_add(since)
+                        .saturating_add(u64::try_from(lifetime_ms).unwrap_or(u64::MAX))
+                        .to_string()
+                });
+        let publication_id = super::unique_name();
         self.run(
             &self.inner.scripts.publish,
             scope,
@@ -243,6 +270,8 @@ impl SessionCoordinator for RedisSession {
                 sealer.sealing_key_id().as_bytes(),
                 sealer.key_ids().as_bytes(),
                 super::process_name().as_bytes(),
+                publication_id.as_bytes(),
+                expires_at.as_bytes(),
             ],
         )
         .await

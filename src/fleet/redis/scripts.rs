@@ -36,16 +36,21 @@ end
 /// The shared session, or nothing: generation, sealed set, refreshing mark, pause left (ms),
 /// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, the epoch, how
 /// many replicas read it in the last hour (KEYS[2], by name: ARGV[1]; this one included), and
-/// how long ago the set was published (ms, -1 if unknown).
+/// how long ago the set was published (ms, -1 if unknown), and Redis's clock (ms). Registering
+/// the reader is best effort: a Redis that refuses writes still answers the read.
 const READ: &str = r"
 local now = now_ms()
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 3600000)
-redis.call('PEXPIRE', KEYS[2], 3600000)
-local replicas = tostring(redis.call('ZCARD', KEYS[2]))
+local rk = kind(KEYS[2])
+if rk ~= 'zset' and rk ~= 'none' then redis.pcall('DEL', KEYS[2]) end
+redis.pcall('ZADD', KEYS[2], now, ARGV[1])
+redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 3600000)
+redis.pcall('PEXPIRE', KEYS[2], 3600000)
+local counted = redis.pcall('ZCARD', KEYS[2])
+local replicas = '0'
+if type(counted) == 'number' then replicas = tostring(counted) end
 local k = kind(KEYS[1])
 if k == 'none' then return false end
-if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas, '-1'} end
+if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas, '-1', ms(now)} end
 local f = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until',
   'expires_at', 'key', 'failures', 'epoch', 'published_at')
 local paused = 0
@@ -55,7 +60,7 @@ if tonumber(f[5]) then expires = math.max(0, tonumber(f[5]) - now) end
 local published = -1
 if tonumber(f[9]) then published = math.max(0, now - tonumber(f[9])) end
 return {f[1] or '0', f[2] or '', f[3] or '', ms(paused), ms(expires), f[6] or '',
-  f[7] or '0', f[8] or '', replicas, ms(published)}
+  f[7] or '0', f[8] or '', replicas, ms(published), ms(now)}
 ";
 
 /// The shared generation alone: what a waiting replica polls.
@@ -66,6 +71,8 @@ return generation(KEYS[1])
 /// Takes the lease for the fencing value the replica chose, if it is free or already this
 /// one's (an earlier try whose answer was lost); returns 1 if held.
 const TRY_LEASE: &str = r"
+local k = redis.call('TYPE', KEYS[1])['ok']
+if k ~= 'string' and k ~= 'none' then redis.call('DEL', KEYS[1]) end
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -81,11 +88,16 @@ return 1
 ";
 
 /// Publishes a set (ARGV: fence, expected generation, sealed set, floor, lifetime in ms, the
-/// sealing key's id, the ids of every key the replica opens with, the writer's name) unless the
+/// sealing key's id, the ids of every key the replica opens with, the writer's name, the
+/// publication's id, the expiry on Redis's clock as the writer reckons it or '') unless the
 /// lease is lost, the generation moved on, or the set there is sealed under a key the replica
-/// does not hold. The lifetime is kept as an expiry on Redis's clock. The failures in a row and
-/// the pause end.
+/// does not hold. A publication already there (a client's retry) answers its generation. The
+/// expiry is the earlier of the writer's and now plus the lifetime, so a command that waited in
+/// a stalled Redis does not lengthen it. The failures in a row and the pause end.
 const PUBLISH: &str = r"
+if kind(KEYS[1]) == 'hash' and redis.call('HGET', KEYS[1], 'publication') == ARGV[9] then
+  return generation(KEYS[1])
+end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
 local current = generation(KEYS[1])
 if current ~= tonumber(ARGV[2]) then return false end
@@ -103,8 +115,10 @@ end
 redis.call('DEL', KEYS[1])
 local next = math.max(current, tonumber(ARGV[4])) + 1
 local now = now_ms()
+local expires_at = now + tonumber(ARGV[5])
+if tonumber(ARGV[10]) then expires_at = math.min(expires_at, tonumber(ARGV[10])) end
 redis.call('HSET', KEYS[1], 'gen', next, 'set', ARGV[3], 'key', ARGV[6],
-  'expires_at', ms(now + tonumber(ARGV[5])), 'published_at', ms(now), 'epoch', epoch)
+  'expires_at', ms(expires_at), 'published_at', ms(now), 'epoch', epoch, 'publication', ARGV[9])
 return next
 ";
 
@@ -120,9 +134,13 @@ return 1
 
 /// Takes one auth call from the fleet's budget for failed calls (KEYS: the calls of the last
 /// minute, a sorted set by Redis time; when the burst is full again. ARGV: the call's name,
-/// calls a minute, calls in a row). Returns 0, or the milliseconds until a call may be sent.
+/// calls a minute, calls in a row). Returns 0, or the milliseconds until a call may be sent. A
+/// call already taken (a client's retry) is taken once.
 const RESERVE_CALL: &str = r"
 local now = now_ms()
+if kind(KEYS[1]) ~= 'zset' and kind(KEYS[1]) ~= 'none' then redis.call('DEL', KEYS[1]) end
+if kind(KEYS[2]) ~= 'string' and kind(KEYS[2]) ~= 'none' then redis.call('DEL', KEYS[2]) end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return '0' end
 local per_minute = math.max(1, tonumber(ARGV[2]))
 local burst = math.max(1, tonumber(ARGV[3]))
 local interval = 60000 / per_minute
