@@ -45,7 +45,7 @@ impl Invariant {
                 "every token sent was live at IQM when sent (a revocation not yet seen excepted)"
             }
             Self::FailedCallBudget => {
-                "at most 10 failed auth calls per account in any minute (per replica, and fleet-wide; twice that fleet-wide while Redis is unusable)"
+                "at most 10 failed auth calls per account in any minute (per replica, and fleet-wide; plus 2 per replica fleet-wide while Redis is unusable)"
             }
             Self::OneAuthCallPerEvent => {
                 "at most one successful auth call per event per account, fleet-wide (slack: 2 an hour)"
@@ -395,13 +395,14 @@ impl Checker {
         let minute = Duration::from_secs(60);
         let redis_unusable = &self.redis_unusable;
         // Replicas that cannot reach Redis keep to their share of the budget (the budget split
-        // between the replicas last seen): the fleet as a whole may spend up to twice it.
+        // between the replicas last seen, at least 2 a minute each, which Redis never hears
+        // of): the fleet may spend the budget plus 2 a minute per replica.
         let fleet_bound = |first: Instant| {
             let overlaps = redis_unusable
                 .iter()
                 .any(|(from, until)| *from <= first + minute && first <= *until + minute);
             if overlaps {
-                2 * FAILED_CALLS_PER_MINUTE
+                FAILED_CALLS_PER_MINUTE + 2 * crate::REPLICAS
             } else {
                 FAILED_CALLS_PER_MINUTE
             }

@@ -34,7 +34,7 @@ use replica::Replica;
 /// The seeds CI runs, `0..CI_SEEDS`, besides the regression list.
 const CI_SEEDS: u64 = 2_000;
 const DAY: Duration = Duration::from_secs(86_400);
-const REPLICAS: usize = 10;
+pub const REPLICAS: usize = 10;
 /// Replicas `0..ACCOUNT_SPLIT` use account 0 (a fleet), the rest account 1 (a single replica,
 /// on the same Redis).
 const ACCOUNT_SPLIT: usize = 9;
