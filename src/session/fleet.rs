@@ -70,6 +70,8 @@ pub(crate) struct Fleet {
     ended: Mutex<(Vec<Secret>, Option<std::time::Instant>)>,
     /// Whether a logout's clear did not land: it is made before the next renewal reads.
     owed_clear: AtomicBool,
+    /// How long the fleet's budget for failed calls last refused a call for.
+    budget_spent: Mutex<Option<Duration>>,
     /// The most replicas the shared session said read it in the last hour (0: not known).
     replicas: AtomicU32,
     /// This replica's share of the fleet's budget for failed calls while the coordinator is
@@ -93,6 +95,7 @@ impl Fleet {
             ended: Mutex::default(),
             owed_clear: AtomicBool::new(false),
             replicas: AtomicU32::new(0),
+            budget_spent: Mutex::new(None),
             alone: Mutex::new(None),
             uncertain_lease: Mutex::new(None),
             warned_foreign_key: AtomicBool::new(false),
@@ -148,6 +151,16 @@ impl Fleet {
         if let Some((_, budget)) = self.alone.lock().as_mut() {
             budget.refund(reservation);
         }
+    }
+
+    /// Notes that the fleet's budget for failed calls refused a call for `wait`.
+    pub(super) fn budget_spent_for(&self, wait: Duration) {
+        *self.budget_spent.lock() = Some(wait);
+    }
+
+    /// How long the fleet's budget refused a call for since this was last asked, if it did.
+    pub(super) fn take_budget_spent(&self) -> Option<Duration> {
+        self.budget_spent.lock().take()
     }
 
     /// Whether the coordinator did not answer the last call.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{debug, info, warn};
 
-use crate::error::AuthError;
+use crate::error::{AuthError, FailureClass};
 use crate::fleet::{Failure, Lease, Publication, SharedTokens};
 use crate::stats::RenewReason;
 use crate::token::{CachedToken, Freshness, SHARED_UNKNOWN};
@@ -169,9 +169,15 @@ impl Session {
             tokio::time::timeout(budget, self.obtain_from_iqm(reason, base, logout_epoch))
                 .await
                 .unwrap_or(Err(AuthError::BudgetExhausted(budget)));
+        let fleet_budget_spent = fleet.take_budget_spent();
         obtained.map_err(|err| {
             let failures_before = shared.map_or(0, |s| s.failures_in_a_row);
-            let pause = fleet_pause(&err, &self.policy, failures_before);
+            // Refused unsent by the fleet's budget: the whole fleet waits for it. Refused by
+            // this replica's own budget: another replica may renew, so the fleet does not.
+            let pause = match fleet_budget_spent {
+                Some(wait) if err.class() == FailureClass::Throttled => wait,
+                _ => fleet_pause(&err, &self.policy, failures_before),
+            };
             (err, Failure { pause })
         })
     }

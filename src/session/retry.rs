@@ -122,7 +122,10 @@ impl Session {
                 .await;
             match reserved {
                 Some(None) => return Ok(FleetCall::Taken(fleet, name)),
-                Some(Some(wait)) => return Err(wait),
+                Some(Some(wait)) => {
+                    fleet.budget_spent_for(wait);
+                    return Err(wait);
+                }
                 None => {}
             }
         }
