@@ -270,21 +270,6 @@ impl Session {
         let mut lease_uncertain = false;
         let mut shared: Option<Option<SharedTokens>> = None;
         let outcome = loop {
-            if shared.is_none() && fleet.owed_clear.load(Ordering::Relaxed) {
-                let cleared = self
-                    .reach(fleet, &mut reach, fleet.coordinator.clear(&fleet.scope))
-                    .await;
-                if cleared.is_some() {
-                    fleet.owed_clear.store(false, Ordering::Relaxed);
-                    info!("ended the shared IQM session a logout could not reach");
-                } else {
-                    // Nothing shared is taken before the logout's clear has landed.
-                    match self.unreachable(&reach, reason, local.as_deref()).await {
-                        Some(end) => break end,
-                        None => continue,
-                    }
-                }
-            }
             let now_shared = match shared.take() {
                 Some(known) => known,
                 None => match self
@@ -298,6 +283,30 @@ impl Session {
                     },
                 },
             };
+            if fleet.owed_clear.load(Ordering::Relaxed) {
+                // A logout's clear that did not land: made now, unless the session there was
+                // published after the logout (another replica's new one, which stays). Its
+                // age unknown, nothing shared is taken before the clear has landed.
+                let outlived = now_shared
+                    .as_ref()
+                    .is_none_or(|s| s.published_ago.is_some() && !fleet.ended(s, self.clock.now()));
+                if !outlived {
+                    let cleared = self
+                        .reach(fleet, &mut reach, fleet.coordinator.clear(&fleet.scope))
+                        .await;
+                    if cleared.is_none() {
+                        match self.unreachable(&reach, reason, local.as_deref()).await {
+                            Some(end) => break end,
+                            None => continue,
+                        }
+                    }
+                    info!("ended the shared IQM session a logout could not reach");
+                }
+                fleet.owed_clear.store(false, Ordering::Relaxed);
+                if !outlived {
+                    continue;
+                }
+            }
             if let Some(s) = &now_shared {
                 fleet.read(s);
                 if s.foreign_key {
@@ -530,10 +539,10 @@ impl Session {
         }
     }
 
-    /// Removes the shared set, for a logout. If the clear does not land (Redis out of reach), the
-    /// set this replica held is neither taken again nor renewed from, and the next renewal
-    /// clears the shared session first (a set published before the logout may be there, which
-    /// this replica has never seen).
+    /// Removes the shared set, for a logout. If the clear does not land (Redis out of reach), no
+    /// set published before the logout began (or holding the token it ended) is taken again or
+    /// renewed from, and the next renewal that reaches Redis makes the clear, unless the set
+    /// there was published after the logout.
     pub(super) async fn clear_shared(&self) {
         if let Some(fleet) = &self.fleet {
             {
