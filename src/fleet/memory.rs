@@ -45,7 +45,7 @@ pub struct MemoryCoordinator {
 struct MemoryScope {
     epoch: String,
     generation: u64,
-    /// The set, its access token's expiry, and when it was published.
+    /// The set, its access token's expiry, and when it was obtained from IQM.
     tokens: Option<(StoredTokens, Instant, Instant)>,
     refreshing: bool,
     paused_until: Option<Instant>,
@@ -162,10 +162,10 @@ impl SessionCoordinator for MemoryCoordinator {
             .in_epoch(s.epoch.as_str())
             .paused(s.paused_until.map_or(Duration::ZERO, left))
             .with_failures(s.failures_in_a_row);
-            if let Some((_, expires_at, published_at)) = &s.tokens {
+            if let Some((_, expires_at, obtained_at)) = &s.tokens {
                 shared = shared
                     .expiring_in(left(*expires_at))
-                    .published(now.saturating_duration_since(*published_at));
+                    .obtained(now.saturating_duration_since(*obtained_at));
             }
             shared
         }))
@@ -215,7 +215,8 @@ impl SessionCoordinator for MemoryCoordinator {
         state.generation = state.generation.max(publication.floor) + 1;
         let now = Instant::now();
         let expires_at = now + publication.expires_in;
-        state.tokens = Some((publication.tokens.clone(), expires_at, now));
+        let obtained_at = now.checked_sub(publication.obtained_ago).unwrap_or(now);
+        state.tokens = Some((publication.tokens.clone(), expires_at, obtained_at));
         state.refreshing = false;
         state.paused_until = None;
         state.failures_in_a_row = 0;

@@ -59,9 +59,9 @@ pub struct SharedTokens {
     /// keeps one: it takes the place of the set's wall-clock expiry, which is only as right as
     /// the clock of the machine that published it.
     pub expires_in: Option<Duration>,
-    /// How long ago the set was published, on the coordinator's clock when it keeps one: a
-    /// replica that logged out since never takes it.
-    pub published_ago: Option<Duration>,
+    /// How long ago the set was obtained from IQM (its auth call sent), on the coordinator's
+    /// clock when it keeps one: a replica that logged out since never takes it.
+    pub obtained_ago: Option<Duration>,
     /// Whether the holder of the lease was about to present this set's refresh token: it may
     /// have been spent, so it is not presented again.
     pub refreshing: bool,
@@ -88,7 +88,7 @@ impl SharedTokens {
             generation,
             tokens,
             expires_in: None,
-            published_ago: None,
+            obtained_ago: None,
             refreshing,
             unreadable: false,
             foreign_key: false,
@@ -125,11 +125,11 @@ impl SharedTokens {
         }
     }
 
-    /// The same, published `ago` on the coordinator's clock.
+    /// The same, obtained from IQM `ago` on the coordinator's clock.
     #[must_use]
-    pub fn published(self, ago: Duration) -> Self {
+    pub fn obtained(self, ago: Duration) -> Self {
         Self {
-            published_ago: Some(ago),
+            obtained_ago: Some(ago),
             ..self
         }
     }
@@ -216,6 +216,8 @@ pub struct Publication {
     pub tokens: StoredTokens,
     /// How long its access token lives from now.
     pub expires_in: Duration,
+    /// How long ago the auth call that obtained it was sent.
+    pub obtained_ago: Duration,
 }
 
 /// What the lease's holder records after its renewal failed.

@@ -194,7 +194,7 @@ impl Fleet {
             .tokens
             .as_ref()
             .is_some_and(|set| tokens.contains(&set.access_token));
-        let before_logout = match (shared.published_ago, logged_out_at) {
+        let before_logout = match (shared.obtained_ago, logged_out_at) {
             (Some(ago), Some(at)) => ago >= now.saturating_duration_since(*at),
             _ => false,
         };
@@ -289,7 +289,7 @@ impl Session {
                 // age unknown, nothing shared is taken before the clear has landed.
                 let outlived = now_shared
                     .as_ref()
-                    .is_none_or(|s| s.published_ago.is_some() && !fleet.ended(s, self.clock.now()));
+                    .is_none_or(|s| s.obtained_ago.is_some() && !fleet.ended(s, self.clock.now()));
                 if !outlived {
                     let cleared = self
                         .reach(fleet, &mut reach, fleet.coordinator.clear(&fleet.scope))

@@ -200,6 +200,10 @@ impl Session {
                 .deadlines
                 .expires_at
                 .saturating_duration_since(self.clock.now()),
+            obtained_ago: self
+                .clock
+                .now()
+                .saturating_duration_since(token.deadlines.issued),
         };
         // Under the publishing lock, which a logout holds from clearing the shared set to
         // moving the epoch on: a renewal it fenced off publishes nothing to the fleet either.

@@ -60,7 +60,7 @@ impl CoordFault {
 struct Scope {
     epoch: String,
     generation: u64,
-    /// The set, its expiry and when it was published.
+    /// The set, its expiry and when it was obtained from IQM.
     tokens: Option<(StoredTokens, Instant, Instant)>,
     refreshing: bool,
     paused_until: Option<Instant>,
@@ -322,11 +322,11 @@ impl SessionCoordinator for SimCoordinator {
                             pause,
                         ),
                         (
-                            s.tokens.clone().map(|(t, expires_at, published_at)| {
+                            s.tokens.clone().map(|(t, expires_at, obtained_at)| {
                                 (
                                     t,
                                     expires_at.saturating_duration_since(now),
-                                    now.saturating_duration_since(published_at),
+                                    now.saturating_duration_since(obtained_at),
                                 )
                             }),
                             s.failures_in_a_row,
@@ -357,7 +357,7 @@ impl SessionCoordinator for SimCoordinator {
                     .with_failures(in_a_row)
                     .with_replicas(replicas);
                 match lifetimes {
-                    Some((left, ago)) => shared.expiring_in(left).published(ago),
+                    Some((left, ago)) => shared.expiring_in(left).obtained(ago),
                     None => shared,
                 }
             },
@@ -439,7 +439,7 @@ impl SessionCoordinator for SimCoordinator {
                     state.tokens = Some((
                         publication.tokens.clone(),
                         (sent + publication.expires_in).min(now + publication.expires_in),
-                        now,
+                        sent.checked_sub(publication.obtained_ago).unwrap_or(sent),
                     ));
                     state.refreshing = false;
                     state.paused_until = None;

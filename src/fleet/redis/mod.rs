@@ -10,7 +10,7 @@
 //! Keys, under `iqm-auth:{<scope>}:` (the braces keep them in one cluster slot):
 //! - `session`: a hash of `epoch` (made with the session), `gen` (the shared generation), `set`
 //!   (the sealed token set), `key` (the id of the key it is sealed under), `expires_at` and
-//!   `published_at` (on Redis's clock), `refreshing` (set while the lease holder presents the
+//!   `obtained_at` (on Redis's clock), `refreshing` (set while the lease holder presents the
 //!   set's refresh token), `failures` (the holders' renewals failed in a row) and
 //!   `paused_until` (on Redis's clock);
 //! - `lease`: the fencing value of the replica holding the lease, expiring by itself after the
@@ -187,7 +187,7 @@ impl SessionCoordinator for RedisSession {
             shared = shared.expiring_in(Duration::from_millis(expires_ms));
         }
         if let Ok(published_ms) = published.parse::<u64>() {
-            shared = shared.published(Duration::from_millis(published_ms));
+            shared = shared.obtained(Duration::from_millis(published_ms));
         }
         let paused = Duration::from_millis(paused.parse().unwrap_or(0));
         Ok(Some(
@@ -243,19 +243,23 @@ impl SessionCoordinator for RedisSession {
         let sealer = &self.inner.sealer;
         let sealed = sealer.seal(scope, &publication.tokens);
         let lifetime_ms = publication.expires_in.as_millis().min(u128::from(u32::MAX));
-        // The expiry on Redis's clock as of now, reckoned from the last read's `TIME`: a
-        // publish that waits in a stalled Redis must not lengthen the set's life.
-        let expires_at =
-            self.inner
-                .clock
-                .lock()
-                .get(scope)
-                .map_or_else(String::new, |(at, read)| {
-                    let since = u64::try_from(read.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    at.saturating_add(since)
-                        .saturating_add(u64::try_from(lifetime_ms).unwrap_or(u64::MAX))
-                        .to_string()
-                });
+        // Redis's clock now, reckoned from the last read's `TIME`: a publish that waits in a
+        // stalled Redis must not lengthen the set's life, nor make it look obtained later.
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let redis_now = self
+            .inner
+            .clock
+            .lock()
+            .get(scope)
+            .map(|(at, read)| at.saturating_add(millis(read.elapsed())));
+        let expires_at = redis_now.map_or_else(String::new, |now| {
+            now.saturating_add(millis(publication.expires_in))
+                .to_string()
+        });
+        let obtained_ago = millis(publication.obtained_ago);
+        let obtained_at = redis_now.map_or_else(String::new, |now| {
+            now.saturating_sub(obtained_ago).to_string()
+        });
         let publication_id = super::unique_name();
         self.run(
             &self.inner.scripts.publish,
@@ -272,6 +276,8 @@ impl SessionCoordinator for RedisSession {
                 super::process_name().as_bytes(),
                 publication_id.as_bytes(),
                 expires_at.as_bytes(),
+                obtained_ago.to_string().as_bytes(),
+                obtained_at.as_bytes(),
             ],
         )
         .await

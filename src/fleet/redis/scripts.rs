@@ -52,7 +52,7 @@ local k = kind(KEYS[1])
 if k == 'none' then return false end
 if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas, '-1', ms(now)} end
 local f = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until',
-  'expires_at', 'key', 'failures', 'epoch', 'published_at')
+  'expires_at', 'key', 'failures', 'epoch', 'obtained_at')
 local paused = 0
 if tonumber(f[4]) then paused = math.max(0, tonumber(f[4]) - now) end
 local expires = -1
@@ -89,7 +89,8 @@ return 1
 
 /// Publishes a set (ARGV: fence, expected generation, sealed set, floor, lifetime in ms, the
 /// sealing key's id, the ids of every key the replica opens with, the writer's name, the
-/// publication's id, the expiry on Redis's clock as the writer reckons it or '') unless the
+/// publication's id, the expiry on Redis's clock as the writer reckons it or '', how long ago
+/// the set was obtained (ms), and when on Redis's clock as the writer reckons it or '') unless the
 /// lease is lost, the generation moved on, or the set there is sealed under a key the replica
 /// does not hold. A publication already there (a client's retry) answers its generation. The
 /// expiry is the earlier of the writer's and now plus the lifetime, so a command that waited in
@@ -117,8 +118,11 @@ local next = math.max(current, tonumber(ARGV[4])) + 1
 local now = now_ms()
 local expires_at = now + tonumber(ARGV[5])
 if tonumber(ARGV[10]) then expires_at = math.min(expires_at, tonumber(ARGV[10])) end
+local obtained_at = now - tonumber(ARGV[11])
+if tonumber(ARGV[12]) then obtained_at = math.min(obtained_at, tonumber(ARGV[12])) end
 redis.call('HSET', KEYS[1], 'gen', next, 'set', ARGV[3], 'key', ARGV[6],
-  'expires_at', ms(expires_at), 'published_at', ms(now), 'epoch', epoch, 'publication', ARGV[9])
+  'expires_at', ms(expires_at), 'obtained_at', ms(obtained_at), 'epoch', epoch,
+  'publication', ARGV[9])
 return next
 ";
 
