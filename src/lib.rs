@@ -31,6 +31,8 @@
 //!   `FileTokenStore` with the `file-store` feature).
 //! - The `test-util` feature adds `testing::FakeIqm`, a fake IQM server on loopback for tests of
 //!   your own code, and `testing::ManualClock`.
+//! - The `cli` feature builds the `iqm-auth` command: a token, a command or one request with it,
+//!   and the session's status, for scripts and operators, from the session the services use.
 //!
 //! The [README](https://docs.rs/crate/iqm-auth/latest/source/README.md) covers failure
 //! behaviour, several accounts in one service, and measured performance.
