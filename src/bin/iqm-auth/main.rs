@@ -18,6 +18,7 @@ mod failure;
 mod request;
 mod session;
 mod settings;
+mod shared;
 mod status;
 mod token;
 

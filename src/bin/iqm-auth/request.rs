@@ -8,7 +8,7 @@ use reqwest::{Method, Url};
 
 use crate::Done;
 use crate::failure::Failure;
-use crate::token::shared_session_usable;
+use crate::shared::check_shared_session;
 
 pub(crate) async fn send(
     auth: &IqmAuth,
@@ -19,7 +19,7 @@ pub(crate) async fn send(
     let base = auth.base_url();
     let url = api_url(base, path)?;
     let body = data.map(json_body).transpose()?;
-    shared_session_usable(auth).await?;
+    check_shared_session(auth).await?;
     let http = reqwest::Client::builder()
         .redirect(auth.redirect_policy())
         .build()

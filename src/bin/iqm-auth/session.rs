@@ -8,7 +8,7 @@ use crate::Done;
 use crate::cli::{Needs, Settings};
 use crate::failure::Failure;
 use crate::settings::{Account, layer};
-use crate::token::usable;
+use crate::shared::check_shared;
 
 pub(crate) async fn logout(auth: &IqmAuth, settings: &Settings) -> Result<Done, Failure> {
     if settings.redis.is_none() && settings.store.is_none() {
@@ -20,7 +20,7 @@ pub(crate) async fn logout(auth: &IqmAuth, settings: &Settings) -> Result<Done, 
         return Ok(Done::Exit);
     }
     let status = auth.status().await;
-    usable(&status.shared)?;
+    check_shared(&status.shared)?;
     let shared = status
         .shared
         .and_then(Result::ok)

@@ -11,7 +11,7 @@ use crate::Done;
 use crate::cli::Settings;
 use crate::failure::Failure;
 use crate::settings::{Account, shown_redis_url};
-use crate::token::redis_unreachable;
+use crate::shared::redis_unreachable;
 
 pub(crate) async fn show(
     auth: &IqmAuth,

@@ -4,11 +4,12 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::time::Duration;
 
-use iqm_auth::{CoordinatorError, IqmAuth, SharedStatus};
+use iqm_auth::IqmAuth;
 
 use crate::Done;
 use crate::cli::Settings;
 use crate::failure::Failure;
+use crate::shared::check_shared_session;
 
 /// The secrets a command run by `exec` does not inherit: it is handed the token instead.
 const WITHHELD_FROM_COMMANDS: [&str; 3] = ["IQM_PASSWORD", "IQM_CLIENT_SECRET", "IQM_REDIS_KEYS"];
@@ -20,39 +21,10 @@ pub(crate) struct Token {
     pub(crate) expires_in: Duration,
 }
 
-/// Fails if the shared session is configured and out of reach, or sealed under a key this run
-/// does not hold: the layer would then log in on its own, a login the fleet knows nothing of,
-/// and a person or a script should hear of it instead.
-pub(crate) async fn shared_session_usable(auth: &IqmAuth) -> Result<(), Failure> {
-    usable(&auth.status().await.shared)
-}
-
-/// [`shared_session_usable`], given the shared session's status.
-pub(crate) fn usable(
-    shared: &Option<Result<SharedStatus, CoordinatorError>>,
-) -> Result<(), Failure> {
-    match shared {
-        Some(Err(err)) => Err(redis_unreachable(err)),
-        Some(Ok(shared)) if shared.foreign_key => Err(Failure::Config(
-            "the shared session is sealed under an encryption key that IQM_REDIS_KEYS does not \
-             hold; set the services' keys"
-                .into(),
-        )),
-        _ => Ok(()),
-    }
-}
-
-pub(crate) fn redis_unreachable(err: &CoordinatorError) -> Failure {
-    Failure::Redis(format!(
-        "{err}; check --redis (IQM_REDIS_URL) and that Redis is up, or leave it out to log in on \
-         this machine alone"
-    ))
-}
-
 /// The session's live token without an auth call when the store or the shared session holds
 /// one, else through one login (or refresh), which is then saved and shared.
 pub(crate) async fn obtain(auth: &IqmAuth) -> Result<Token, Failure> {
-    shared_session_usable(auth).await?;
+    check_shared_session(auth).await?;
     let access_token = auth
         .access_token()
         .await
