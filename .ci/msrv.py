@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Checks that the crate's `rust-version` is true for the library: no crate the library builds
-with (normal and build dependencies, every feature on) declares a newer one. Dev-dependencies
-are left out on purpose: Cargo.toml says what they need."""
+"""Checks that the crate's `rust-version` is true for the library and the `iqm-auth` binary: no
+crate they build with (normal and build dependencies, every feature on, so the `cli` feature's
+too) declares a newer one. Dev-dependencies are left out on purpose: Cargo.toml says what they
+need."""
 import json
 import subprocess
 import sys
@@ -29,4 +30,4 @@ for line in sorted(set(tree.splitlines())):
         too_new.append(f"{name} {rest.split(' ')[0]} needs {needs}")
 if too_new:
     sys.exit(f"rust-version {ours['rust_version']} is not enough for: " + ", ".join(too_new))
-print(f"rust-version {ours['rust_version']} covers every library dependency")
+print(f"rust-version {ours['rust_version']} covers every dependency of the library and the binary")

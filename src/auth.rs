@@ -12,6 +12,7 @@ use crate::iqm_api::{LOGIN_PATH, SIGN_UP_PATH, TOKEN_PATH};
 use crate::secret::Secret;
 use crate::session::Session;
 use crate::stats::{RenewReason, Stats};
+use crate::status::StatusSources;
 use crate::token::TokenSet;
 
 /// Authenticates every request to IQM that passes through a `reqwest_middleware` client.
@@ -47,6 +48,7 @@ pub struct IqmAuth {
 pub(crate) struct Inner {
     pub(crate) session: Arc<Session>,
     pub(crate) replay_unauthorized: bool,
+    pub(crate) status_sources: StatusSources,
     origin: Origin,
     base: Url,
 }
@@ -122,10 +124,12 @@ impl IqmAuth {
         let origin = Origin::of(&config.base);
         let base = config.base.clone();
         let replay_unauthorized = config.replay_unauthorized;
+        let status_sources = StatusSources::of(&config);
         Ok(Self {
             inner: Arc::new(Inner {
                 session: Arc::new(Session::new(config)?),
                 replay_unauthorized,
+                status_sources,
                 origin,
                 base,
             }),

@@ -25,11 +25,14 @@
 //! - Failures are [`AuthError`]s, classified by [`AuthError::class`] into a [`FailureClass`];
 //!   they carry IQM's own messages ([`IqmMessage`]) and never a secret ([`Secret`]).
 //! - [`IqmAuth::stats`] gives counters ([`Stats`]) for health checks; the `metrics` feature
-//!   publishes them.
+//!   publishes them. [`IqmAuth::status`] tells what the cache, the token store and the shared
+//!   session hold, without an auth call.
 //! - A [`TokenStore`] keeps the session across restarts ([`MemoryTokenStore`], and
 //!   `FileTokenStore` with the `file-store` feature).
 //! - The `test-util` feature adds `testing::FakeIqm`, a fake IQM server on loopback for tests of
 //!   your own code, and `testing::ManualClock`.
+//! - The `cli` feature builds the `iqm-auth` command: a token, a command or one request with it,
+//!   and the session's status, for scripts and operators, from the session the services use.
 //!
 //! The [README](https://docs.rs/crate/iqm-auth/latest/source/README.md) covers failure
 //! behaviour, several accounts in one service, and measured performance.
@@ -58,6 +61,7 @@ mod middleware;
 mod secret;
 mod session;
 mod stats;
+mod status;
 mod store;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
@@ -80,6 +84,7 @@ pub use middleware::OW_ID_HEADER;
 pub use reqwest_middleware;
 pub use secret::Secret;
 pub use stats::Stats;
+pub use status::{LeaseState, SessionStatus, SharedStatus, TokenStatus};
 #[cfg(feature = "file-store")]
 pub use store::FileTokenStore;
 pub use store::{MemoryTokenStore, StoreError, StoredTokens, TokenStore};

@@ -10,6 +10,7 @@ use super::{
     CallAllowance, CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication,
     SessionCoordinator, SharedTokens,
 };
+use crate::status::LeaseState;
 use crate::store::StoredTokens;
 
 /// How long a failed auth call counts against the fleet's budget.
@@ -283,5 +284,18 @@ impl SessionCoordinator for MemoryCoordinator {
         state.paused_until = None;
         state.failures_in_a_row = 0;
         Ok(())
+    }
+
+    async fn lease_state(&self, scope: &str) -> Result<LeaseState, CoordinatorError> {
+        let scopes = self.scopes.lock();
+        let now = Instant::now();
+        Ok(
+            match scopes.get(scope).and_then(|state| state.lease.as_ref()) {
+                Some((_, until)) if now < *until => LeaseState::Held {
+                    expires_in: *until - now,
+                },
+                _ => LeaseState::Free,
+            },
+        )
     }
 }

@@ -35,6 +35,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::status::LeaseState;
 use crate::store::StoredTokens;
 
 pub use self::memory::MemoryCoordinator;
@@ -376,6 +377,14 @@ pub trait SessionCoordinator: Send + Sync + fmt::Debug + 'static {
 
     /// Removes the shared set (a logout), moving the generation on.
     async fn clear(&self, scope: &str) -> Result<(), CoordinatorError>;
+
+    /// Whether a replica holds the lease now, and for how long more: for status displays
+    /// ([`IqmAuth::status`](crate::IqmAuth::status)); the protocol never asks. The default
+    /// cannot tell ([`LeaseState::Unknown`]).
+    async fn lease_state(&self, scope: &str) -> Result<LeaseState, CoordinatorError> {
+        let _ = scope;
+        Ok(LeaseState::Unknown)
+    }
 }
 
 /// How long a lease lasts unless set otherwise: longer than the default acquisition budget

@@ -13,6 +13,7 @@ mod login;
 mod renewal;
 mod secrets;
 mod stats;
+mod status;
 mod store;
 mod support;
 mod unauthorized;

@@ -25,6 +25,7 @@
 
 mod builder;
 mod connection;
+mod inspect;
 mod scripts;
 
 pub use self::builder::RedisSessionBuilder;
@@ -44,6 +45,7 @@ use super::seal::Sealer;
 use super::{
     CallAllowance, CoordinatorError, Failure, Lease, Publication, SessionCoordinator, SharedTokens,
 };
+use crate::status::LeaseState;
 
 /// One IQM session for every replica of a service, kept in Redis (feature `redis`).
 ///
@@ -370,5 +372,9 @@ impl SessionCoordinator for RedisSession {
             )
             .await?;
         Ok(())
+    }
+
+    async fn lease_state(&self, scope: &str) -> Result<LeaseState, CoordinatorError> {
+        self.inspect_lease(scope).await
     }
 }
