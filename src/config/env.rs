@@ -14,7 +14,8 @@ const ENV_VARS: [&str; 6] = [
 ];
 
 impl IqmAuthBuilder {
-    /// A builder filled from the `IQM_*` environment variables (see [`IqmAuth::from_env`]).
+    /// A builder filled from the `IQM_*` environment variables (see
+    /// [`IqmAuth::from_env`](crate::IqmAuth::from_env)).
     ///
     /// # Errors
     /// [`ConfigError::MissingEnv`] listing every required variable that is unset or empty.
