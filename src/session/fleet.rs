@@ -36,7 +36,7 @@ const WAIT_SLICE: Duration = Duration::from_secs(1);
 
 /// The most any coordinator call may take, whatever the coordinator's own timeout: a
 /// coordinator that hangs must not hold a request. Longer than [`WAIT_SLICE`].
-const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
+pub(super) const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long the coordinator must stay out of reach before a replica that needs a token renews
 /// on its own: a stall (a fork, a failover) shorter than this costs no login.
@@ -45,7 +45,7 @@ pub(super) const UNREACHABLE_GRACE: Duration = Duration::from_secs(2);
 /// The fewest replicas a replica out of reach of the coordinator assumes it shares the budget
 /// for failed calls with: replicas that start together see each other only as they read, and
 /// one that never reached Redis has seen none.
-const ASSUMED_REPLICAS: u32 = 4;
+pub(super) const ASSUMED_REPLICAS: u32 = 4;
 
 /// How many logged-out access tokens a replica remembers.
 const ENDED_KEPT: usize = 4;
@@ -68,7 +68,7 @@ pub(crate) struct Fleet {
     /// Whether a logout's clear did not land: it is made before the next renewal reads.
     owed_clear: AtomicBool,
     /// The most replicas the shared session said read it in the last hour (0: not known).
-    replicas: AtomicU32,
+    pub(super) replicas: AtomicU32,
     /// This replica's share of the fleet's budget for failed calls while the coordinator is
     /// out of reach, and the number of replicas it was cut for.
     alone: Mutex<Option<(u32, CallBudget)>>,
@@ -284,6 +284,7 @@ impl Session {
             };
             if let Some(s) = &now_shared {
                 fleet.read(s);
+                self.learn_window(s.rate_limited_for);
                 if s.foreign_key {
                     self.warn_foreign_key(fleet);
                     break Ok(None);
