@@ -129,24 +129,24 @@ impl Pacer {
         max_wait: Duration,
         counters: &Counters,
     ) -> Result<Duration, Duration> {
-        let start = self.clock.now();
-        let deadline = match kind {
-            Kind::Api => start.checked_add(max_wait),
-            Kind::Auth => None,
-        };
-        let id = {
+        let (id, start, deadline) = {
             let mut line = self.line.lock();
-            if line.is_empty() && window.closed_for(start).is_none() {
+            if line.is_empty() && !window.maybe_closed() {
                 match self.cells.check() {
                     Ok(()) => return Ok(Duration::ZERO),
                     Err(not_until) => line.head_ready = Some(not_until.earliest_possible()),
                 }
             }
+            let start = self.clock.now();
+            let deadline = match kind {
+                Kind::Api => start.checked_add(max_wait),
+                Kind::Auth => None,
+            };
             let turn = self.estimate(&line, window, start, line.ahead_of(kind));
             if deadline.is_some_and(|deadline| turn > deadline) {
                 return Err(turn - start);
             }
-            line.join(kind)
+            (line.join(kind), start, deadline)
         };
         // A new head (an auth call ahead of API requests) takes over the wait.
         self.moved.notify_waiters();

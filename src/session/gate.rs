@@ -46,15 +46,16 @@ impl Session {
     /// a window, as a renewal waits out a short `Retry-After` (a renewal is tried again once a
     /// longer one opens), and always for its turn, which comes first.
     pub(crate) async fn admit(&self, kind: Kind) -> Result<(), AuthError> {
-        let start = self.clock.now();
         let limits = &self.limits;
         let refuse = |cause: RateLimitCause, retry_after: Duration| {
             self.counters.refused();
             debug!(?kind, %cause, ?retry_after, "an IQM request was not sent: IQM's rate limit");
             Err(AuthError::RateLimited { retry_after, cause })
         };
+        // The clock is read only when there may be something to wait for.
+        let start = (limits.window.maybe_closed()).then(|| self.clock.now());
         let mut waiting = None;
-        loop {
+        while let Some(start) = start {
             let now = self.clock.now();
             let Some(left) = limits.window.closed_for(now) else {
                 break;
@@ -71,15 +72,17 @@ impl Session {
             waiting.get_or_insert_with(|| self.counters.waiting());
             self.clock.sleep_until(now + left).await;
         }
-        drop(waiting);
+        let mut waited = match (waiting.take(), start) {
+            (Some(_), Some(start)) => self.clock.now().saturating_duration_since(start),
+            _ => Duration::ZERO,
+        };
         if let Some(rate) = limits.rate {
-            let waited = self.clock.now().saturating_duration_since(start);
             let max_wait = limits.wait.saturating_sub(waited);
-            if let Err(retry_after) = self.take_turn(rate, kind, max_wait).await {
-                return refuse(RateLimitCause::Pacing, retry_after);
+            match self.take_turn(rate, kind, max_wait).await {
+                Ok(in_line) => waited += in_line,
+                Err(retry_after) => return refuse(RateLimitCause::Pacing, retry_after),
             }
         }
-        let waited = self.clock.now().saturating_duration_since(start);
         if !waited.is_zero() {
             self.counters.paced(waited);
             debug!(?kind, ?waited, "an IQM request waited for IQM's rate limit");
@@ -87,13 +90,19 @@ impl Session {
         Ok(())
     }
 
-    /// The request's turn: in the fleet's line when there is one, else in this process's.
-    async fn take_turn(&self, rate: Rate, kind: Kind, max_wait: Duration) -> Result<(), Duration> {
+    /// The request's turn: in the fleet's line when there is one, else in this process's. `Ok`
+    /// with how long it waited in line (zero: its turn was now).
+    async fn take_turn(
+        &self,
+        rate: Rate,
+        kind: Kind,
+        max_wait: Duration,
+    ) -> Result<Duration, Duration> {
         let limits = &self.limits;
         let pacer = match &self.fleet {
             None => None,
             Some(fleet) => match self.fleet_turn(fleet, rate, kind, max_wait).await {
-                FleetTurn::Taken(taken) => return taken.map(drop),
+                FleetTurn::Taken(taken) => return taken,
                 FleetTurn::Unsupported => None,
                 FleetTurn::Unreachable => {
                     let replicas = fleet.replicas.load(Ordering::Relaxed).max(ASSUMED_REPLICAS);
@@ -117,7 +126,6 @@ impl Session {
         pacer
             .take_turn(kind, &limits.window, max_wait, &self.counters)
             .await
-            .map(drop)
     }
 
     /// A turn in the fleet's line: one call to take it, and one to confirm it when it comes if
