@@ -2,7 +2,8 @@
 //! pacing off, measured in the same run, in one process and through a shared session in Redis.
 //!
 //! `cargo bench --bench pacing --features redis` (the fleet part needs `redis-server` on the
-//! PATH; without the feature only the in-process part runs). Prints medians of 15 rounds.
+//! PATH; without the feature only the in-process part runs). Prints medians of 31 rounds, each
+//! measuring pacing off and on back to back.
 
 #[allow(dead_code)]
 mod support;
@@ -17,7 +18,7 @@ use tokio::runtime::Runtime;
 
 use support::canned_client;
 
-const ROUNDS: usize = 15;
+const ROUNDS: usize = 31;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -37,8 +38,9 @@ fn per_request(rt: &Runtime, client: &ClientWithMiddleware, url: &str, n: u32) -
     })
 }
 
-/// Medians over interleaved rounds: (off ns, on ns, median ratio of on to off per round).
-fn compare(rt: &Runtime, off: &IqmAuth, on: &IqmAuth, url: &str, n: u32) -> (f64, f64, f64) {
+/// Medians over interleaved rounds: (off ns, on ns, on − off ns, on / off), the last two
+/// taken per round.
+fn compare(rt: &Runtime, off: &IqmAuth, on: &IqmAuth, url: &str, n: u32) -> (f64, f64, f64, f64) {
     let clients = {
         let _guard = rt.enter();
         [off, on].map(|auth| canned_client(Some(Arc::new(auth.clone()) as Arc<dyn Middleware>)))
@@ -46,20 +48,18 @@ fn compare(rt: &Runtime, off: &IqmAuth, on: &IqmAuth, url: &str, n: u32) -> (f64
     for client in &clients {
         per_request(rt, client, url, n / 10);
     }
-    let (mut offs, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut offs, mut ons, mut added, mut ratios) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ROUNDS {
         let off_ns = per_request(rt, &clients[0], url, n);
         let on_ns = per_request(rt, &clients[1], url, n);
         offs.push(off_ns);
         ons.push(on_ns);
+        added.push(on_ns - off_ns);
         ratios.push(on_ns / off_ns);
     }
-    assert_eq!(
-        on.stats().requests_paced,
-        0,
-        "no request waited for its turn"
-    );
-    (median(offs), median(ons), median(ratios))
+    let waited = on.stats().requests_paced;
+    assert_eq!(waited, 0, "no request waited for its turn");
+    (median(offs), median(ons), median(added), median(ratios))
 }
 
 /// A rate whose turn is always now: one request a nanosecond.
@@ -79,10 +79,9 @@ fn main() {
     for auth in [&off, &on] {
         rt.block_on(auth.access_token()).expect("login");
     }
-    let (off_ns, on_ns, ratio) = compare(&rt, &off, &on, &url, 20_000);
+    let (off_ns, on_ns, added, ratio) = compare(&rt, &off, &on, &url, 20_000);
     println!(
-        "in one process, canned answer: pacing off {off_ns:.0} ns, on {on_ns:.0} ns a request: +{:.0} ns, ratio {ratio:.2} (median of {ROUNDS} rounds)",
-        on_ns - off_ns
+        "in one process, canned answer: pacing off {off_ns:.0} ns, on {on_ns:.0} ns a request; pacing adds {added:.0} ns, ratio {ratio:.2} (medians of {ROUNDS} rounds)"
     );
     #[cfg(feature = "redis")]
     fleet(&rt, &iqm, &url);
@@ -116,11 +115,11 @@ fn fleet(rt: &Runtime, iqm: &FakeIqm, url: &str) {
     for auth in [&off, &on] {
         rt.block_on(auth.access_token()).expect("login");
     }
-    let (off_ns, on_ns, ratio) = compare(rt, &off, &on, url, 500);
+    let (off_ns, on_ns, added, ratio) = compare(rt, &off, &on, url, 500);
     println!(
-        "through Redis, canned answer: pacing off {:.1} µs, on {:.1} µs a request: the turn's round trip +{:.1} µs, ratio {ratio:.1} (median of {ROUNDS} rounds)",
+        "through Redis, canned answer: pacing off {:.1} µs, on {:.1} µs a request; the turn's round trip adds {:.1} µs, ratio {ratio:.1} (medians of {ROUNDS} rounds)",
         off_ns / 1000.0,
         on_ns / 1000.0,
-        (on_ns - off_ns) / 1000.0
+        added / 1000.0
     );
 }

@@ -119,9 +119,10 @@ impl Session {
                 }
             },
         };
-        let pacer = match &pacer {
-            Some(alone) => alone,
-            None => limits.own.as_ref().ok_or(Duration::ZERO)?,
+        let pacer = match (&pacer, &limits.own) {
+            (Some(alone), _) => alone,
+            (None, Some(own)) => own,
+            (None, None) => return Ok(Duration::ZERO),
         };
         pacer
             .take_turn(kind, &limits.window, max_wait, &self.counters)
