@@ -74,7 +74,10 @@ async fn pacing_twenty_a_minute_keeps_sixty_requests_inside_iqms_limit_and_serve
             })
         })
         .collect();
-    eventually("the login", || h.iqm.calls().len() == 1).await;
+    eventually("the login, then 20 requests in line", || {
+        h.iqm.calls().len() == 1 && h.auth.stats().requests_waiting == 20
+    })
+    .await;
 
     // One call every 3 s: the login at 0 s, the 60 requests from 3 s to 180 s.
     step(&h, &clock, 0, 180, every_three_seconds).await;
