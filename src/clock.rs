@@ -1,9 +1,12 @@
-//! The one seam through which the crate reads time.
+//! The one seam through which the crate reads time, and waits for it.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Instant, SystemTime};
 
-/// A monotonic clock. Token deadlines are computed from it.
+/// A monotonic clock. Token deadlines are computed from it, and the layer's waits on it (the
+/// background renewer's, and those of IQM's rate limit) end by it.
 ///
 /// The default is [`SystemClock`]. Tests swap in a clock they move by hand (see
 /// `iqm_auth::testing::ManualClock` with the `test-util` feature) to check expiry without
@@ -16,6 +19,13 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Defaults to [`SystemTime::now`]; a clock moved by hand moves it too.
     fn wall(&self) -> SystemTime {
         SystemTime::now()
+    }
+
+    /// Waits until [`now`](Self::now) reaches `deadline`. Defaults to Tokio's timer for the
+    /// time left; a clock moved by hand wakes its sleepers when it is moved past their deadline.
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let left = deadline.saturating_duration_since(self.now());
+        Box::pin(tokio::time::sleep(left))
     }
 }
 

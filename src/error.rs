@@ -141,6 +141,37 @@ pub enum AuthError {
     /// A token was needed outside a Tokio runtime, which `reqwest` and this crate require.
     #[error("iqm-auth needs a Tokio runtime to obtain a token")]
     NoRuntime,
+    /// The request (an API request, or one of the layer's auth calls) was not sent: IQM's rate
+    /// limit would refuse it now. Nothing reached IQM; try again after `retry_after`.
+    #[error("the request to IQM was not sent ({cause}); the next may go in {retry_after:?}")]
+    RateLimited {
+        /// How long until a request may be sent.
+        retry_after: Duration,
+        /// What held it back.
+        cause: RateLimitCause,
+    },
+}
+
+/// What held back a request refused with [`AuthError::RateLimited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateLimitCause {
+    /// IQM answered a request `429 Too Many Requests`, and its window (its `Retry-After`) is
+    /// still closed for longer than the request may wait
+    /// ([`rate_limit_wait`](crate::IqmAuthBuilder::rate_limit_wait)).
+    Window,
+    /// The request's turn in the pace of
+    /// [`request_rate`](crate::IqmAuthBuilder::request_rate) would come later than it may wait.
+    Pacing,
+}
+
+impl fmt::Display for RateLimitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Window => "IQM answered 429 and its window is closed",
+            Self::Pacing => "its turn in the request rate comes too late",
+        })
+    }
 }
 
 impl AuthError {
@@ -154,6 +185,7 @@ impl AuthError {
             | Self::Interrupted
             | Self::LoggedOut
             | Self::CallBudgetExhausted { .. }
+            | Self::RateLimited { .. }
             | Self::NoRuntime => None,
         }
     }
@@ -174,16 +206,20 @@ impl AuthError {
             Self::InvalidResponse { .. }
             | Self::NoRuntime
             | Self::LoggedOut
-            | Self::CallBudgetExhausted { .. } => false,
+            | Self::CallBudgetExhausted { .. }
+            | Self::RateLimited { .. } => false,
         }
     }
 
-    /// How long to wait before the next try: IQM's `Retry-After` if it sent one, or the time
-    /// until the layer's budget for failed auth calls allows the next one.
+    /// How long to wait before the next try: IQM's `Retry-After` if it sent one, the time
+    /// until the layer's budget for failed auth calls allows the next one, or until IQM's rate
+    /// limit lets a request go.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Rejected { retry_after, .. } => *retry_after,
-            Self::CallBudgetExhausted { retry_after } => Some(*retry_after),
+            Self::CallBudgetExhausted { retry_after } | Self::RateLimited { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
@@ -200,7 +236,7 @@ impl AuthError {
     pub fn class(&self) -> FailureClass {
         match self {
             Self::Interrupted | Self::LoggedOut | Self::NoRuntime => FailureClass::Interrupted,
-            Self::CallBudgetExhausted { .. } => FailureClass::Throttled,
+            Self::CallBudgetExhausted { .. } | Self::RateLimited { .. } => FailureClass::Throttled,
             Self::InvalidResponse { .. } => FailureClass::InvalidResponse,
             err if err.is_transient() => FailureClass::Transient,
             _ => FailureClass::Rejected,
@@ -226,6 +262,7 @@ impl AuthError {
             | Self::Interrupted
             | Self::LoggedOut
             | Self::CallBudgetExhausted { .. }
+            | Self::RateLimited { .. }
             | Self::NoRuntime => None,
         }
     }
@@ -253,7 +290,10 @@ impl AuthError {
                 retry_after: Some(wait),
                 ..
             }
-            | Self::CallBudgetExhausted { retry_after: wait } => *wait = (*wait).min(left),
+            | Self::CallBudgetExhausted { retry_after: wait }
+            | Self::RateLimited {
+                retry_after: wait, ..
+            } => *wait = (*wait).min(left),
             _ => {}
         }
         self
@@ -289,7 +329,8 @@ pub enum FailureClass {
     /// The renewal stopped before it finished (its runtime shut down, or a logout fenced it
     /// off), or there was no runtime.
     Interrupted,
-    /// No auth call was sent: the layer's budget for failed auth calls is spent for now.
+    /// Nothing was sent: the layer's budget for failed auth calls is spent for now, or IQM's
+    /// rate limit would refuse the request ([`AuthError::RateLimited`]).
     Throttled,
 }
 
@@ -380,72 +421,4 @@ pub enum ConfigError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_failures_that_can_pass_by_themselves_are_transient() {
-        let rejected = |code: u16| AuthError::Rejected {
-            endpoint: AuthEndpoint::Login,
-            status: StatusCode::from_u16(code).unwrap(),
-            messages: Vec::new(),
-            retry_after: None,
-        };
-        for code in [500, 502, 503, 504, 408, 429] {
-            assert!(rejected(code).is_transient(), "{code}");
-            assert_eq!(rejected(code).class(), FailureClass::Transient);
-        }
-        for code in [400, 401, 403, 404, 412, 422] {
-            assert!(!rejected(code).is_transient(), "{code}");
-            assert_eq!(rejected(code).class(), FailureClass::Rejected);
-        }
-        let invalid = AuthError::invalid(AuthEndpoint::Login, StatusCode::OK, "x");
-        assert!(!invalid.is_transient());
-        assert_eq!(invalid.class(), FailureClass::InvalidResponse);
-    }
-
-    #[test]
-    fn a_rejection_names_iqms_own_messages() {
-        let err = AuthError::Rejected {
-            endpoint: AuthEndpoint::Login,
-            status: StatusCode::FORBIDDEN,
-            messages: vec![IqmMessage {
-                error: "User doesn't exist or user is not allowed to provided workspace.".into(),
-                reason: None,
-                field: None,
-            }],
-            retry_after: None,
-        };
-        assert_eq!(
-            err.to_string(),
-            "IQM rejected the login call (403 Forbidden): User doesn't exist or user is not \
-             allowed to provided workspace."
-        );
-    }
-
-    #[test]
-    fn several_messages_are_joined_with_their_reasons() {
-        let err = AuthError::Rejected {
-            endpoint: AuthEndpoint::Login,
-            status: StatusCode::BAD_REQUEST,
-            messages: vec![
-                IqmMessage {
-                    error: "User is not allowed to access provided customer".into(),
-                    reason: Some("On Hold".into()),
-                    field: None,
-                },
-                IqmMessage {
-                    error: "second".into(),
-                    reason: None,
-                    field: Some("email".into()),
-                },
-            ],
-            retry_after: None,
-        };
-        assert_eq!(
-            err.to_string(),
-            "IQM rejected the login call (400 Bad Request): User is not allowed to access \
-             provided customer (On Hold); second [field: email]"
-        );
-    }
-}
+mod tests;

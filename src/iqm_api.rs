@@ -320,7 +320,7 @@ fn rejection_from(
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date; a date in the past is no wait.
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()

@@ -57,6 +57,7 @@ mod config;
 mod error;
 mod fleet;
 mod iqm_api;
+mod limit;
 mod middleware;
 mod secret;
 mod session;
@@ -72,10 +73,10 @@ pub use auth::IqmAuth;
 pub use auth_api::AuthApi;
 pub use clock::{Clock, SystemClock};
 pub use config::IqmAuthBuilder;
-pub use error::{AuthEndpoint, AuthError, ConfigError, FailureClass, IqmMessage};
+pub use error::{AuthEndpoint, AuthError, ConfigError, FailureClass, IqmMessage, RateLimitCause};
 pub use fleet::{
-    CallAllowance, CoordinatorError, Failure, Lease, MemoryCoordinator, Publication,
-    SessionCoordinator, SharedTokens,
+    CallAllowance, CoordinatorError, Failure, Lease, MemoryCoordinator, Pace, Publication,
+    SessionCoordinator, SharedTokens, Turn,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -1,5 +1,5 @@
-//! The `reqwest_middleware::Middleware` implementation: origin check, header injection and the
-//! one-time replay after a 401.
+//! The `reqwest_middleware::Middleware` implementation: origin check, header injection, the
+//! one-time replay after a 401, and IQM's rate limit (a 429's window, the request rate).
 //!
 //! The trait is implemented by hand rather than through `#[async_trait]`, so that the work of a
 //! request with a valid cached token is done before any future is created, a request that
@@ -17,6 +17,7 @@ use reqwest_middleware::{Error, Middleware, Next, Result};
 
 use crate::auth::{Inner, IqmAuth};
 use crate::error::AuthError;
+use crate::limit::Kind;
 use crate::session::Session;
 use crate::stats::RenewReason;
 use crate::token::CachedToken;
@@ -72,6 +73,9 @@ impl Middleware for IqmAuth {
         if !inner.applies_to(&request) {
             return next.run(request, extensions);
         }
+        if inner.session.gated() {
+            return Box::pin(send_gated(inner, request, extensions, next));
+        }
         // Copied before the headers go on, so a replay gets the new token's headers only.
         let replay = if inner.replay_unauthorized {
             copy_for_replay(&request)
@@ -118,6 +122,9 @@ enum Verdict {
 fn judge(inner: &Inner, generation: u64, response: &Response) -> Verdict {
     let session = &inner.session;
     if response.status() != StatusCode::UNAUTHORIZED {
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            rate_limited(inner, response);
+        }
         session.served(response.url());
         return Verdict::Served;
     }
@@ -178,6 +185,81 @@ fn send<'a>(
     }
 }
 
+/// IQM answered 429: its window closes here at once, and for the fleet in the background (the
+/// 429 goes back to its caller unchanged, without waiting for Redis).
+fn rate_limited(inner: &Inner, response: &Response) {
+    if !inner.is_iqm(response.url()) {
+        return;
+    }
+    let retry_after = crate::iqm_api::retry_after(response.headers());
+    if let Some(closed_for) = inner.session.rate_limited(retry_after) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let session = Arc::clone(&inner.session);
+            runtime.spawn(async move { session.share_window(closed_for).await });
+        }
+    }
+}
+
+/// Sends an IQM request through IQM's rate limit: it waits for a closed window to open and for
+/// its turn in the request rate (or fails unsent), and takes the token at its turn, so a request
+/// that waited never carries a token that expired meanwhile.
+///
+/// A token is obtained before the turn is taken: a renewal's own auth call goes first, and the
+/// request is then sent at its turn. If the token expired while it waited (its renewal failed),
+/// the turn goes unused and the request renews and waits again, at most twice.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice"
+)]
+fn send_gated<'a>(
+    inner: &'a Inner,
+    mut request: Request,
+    extensions: &'a mut Extensions,
+    next: Next<'a>,
+) -> impl Future<Output = Result<Response>> + Send + 'a {
+    async move {
+        let session = &inner.session;
+        let replay = if inner.replay_unauthorized {
+            copy_for_replay(&request)
+        } else {
+            None
+        };
+        let mut tries = 0;
+        let generation = loop {
+            tries += 1;
+            let fetched = match session.usable_now(|_| ()) {
+                Some(()) => None,
+                None => Some(wait_for_token(session).await.map_err(Error::middleware)?),
+            };
+            admit(session).await.map_err(Error::middleware)?;
+            if let Some(generation) =
+                session.usable_now(|token| attach(request.headers_mut(), token))
+            {
+                break generation;
+            }
+            // A token that lives no longer than the request that fetched it (`expires_in` 0).
+            if let Some(token) = fetched.filter(|_| tries >= 3) {
+                break attach(request.headers_mut(), &token);
+            }
+        };
+        let response = next.clone().run(request, extensions).await?;
+        match judge(inner, generation, &response) {
+            Verdict::TokenRefused => {
+                recover(inner, generation, response, replay, extensions, next).await
+            }
+            Verdict::NotTheTokens => {
+                session.counters.unauthorized_not_renewed();
+                Ok(response)
+            }
+            Verdict::Served => Ok(response),
+        }
+    }
+}
+
+fn admit(session: &Session) -> BoxFuture<'_, std::result::Result<(), AuthError>> {
+    Box::pin(session.admit(Kind::Api))
+}
+
 // The two rarely taken paths are boxed in plain functions: awaited inline, their state (or the
 // temporaries of an inline `Box::pin(…).await`, which live to the end of the statement) would
 // be laid out in the future of every request, pushing it past the allocator's fast size classes.
@@ -229,6 +311,9 @@ fn recover<'a>(
             .renew(RenewReason::Unauthorized, Some(generation))
             .await
             .map_err(Error::middleware)?;
+        if session.gated() {
+            admit(session).await.map_err(Error::middleware)?;
+        }
         let generation = attach(replay.headers_mut(), &token);
         session.counters.replay();
         let response = next.run(replay, extensions).await?;

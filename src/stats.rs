@@ -114,6 +114,23 @@ pub struct Stats {
     pub logouts: u64,
     /// Sign-up calls sent.
     pub sign_ups: u64,
+    /// How long IQM's 429 window stays closed (no request is sent before then); `None` while
+    /// it is open.
+    pub rate_limited_for: Option<Duration>,
+    /// Answers `429 Too Many Requests` from IQM, to API requests and auth calls.
+    pub rate_limited: u64,
+    /// Requests (API requests and auth calls) that waited before they were sent: for their
+    /// turn in the request rate, or for IQM's 429 window to open.
+    pub requests_paced: u64,
+    /// The time those requests waited, in all.
+    pub pacing_wait_total: Duration,
+    /// The longest any of them waited.
+    pub pacing_wait_max: Duration,
+    /// Requests refused unsent with [`AuthError::RateLimited`]: they could not wait for IQM's
+    /// window or their turn.
+    pub requests_refused: u64,
+    /// Requests waiting now for IQM's window to open or for their turn.
+    pub requests_waiting: u64,
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +155,14 @@ pub(crate) struct Counters {
     renewed_alone: AtomicU64,
     shared_unreadable: AtomicU64,
     foreign_sessions_ignored: AtomicU64,
+    rate_limited: AtomicU64,
+    requests_paced: AtomicU64,
+    /// In nanoseconds.
+    pacing_wait_total: AtomicU64,
+    /// In nanoseconds.
+    pacing_wait_max: AtomicU64,
+    requests_refused: AtomicU64,
+    requests_waiting: AtomicU64,
 }
 
 /// Every failure class, in the order `last_failure` numbers them.
@@ -247,6 +272,31 @@ impl Counters {
         publish::count("iqm_auth_sign_ups_total", None);
     }
 
+    pub(crate) fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_rate_limited_total", None);
+    }
+
+    pub(crate) fn paced(&self, waited: Duration) {
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.requests_paced.fetch_add(1, Relaxed);
+        self.pacing_wait_total.fetch_add(nanos, Relaxed);
+        self.pacing_wait_max.fetch_max(nanos, Relaxed);
+        publish::count("iqm_auth_requests_paced_total", None);
+        publish::seconds("iqm_auth_pacing_wait_seconds", waited);
+    }
+
+    /// Counts a request waiting for IQM's rate limit until the guard is dropped.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        self.requests_waiting.fetch_add(1, Relaxed);
+        Waiting(&self.requests_waiting)
+    }
+
+    pub(crate) fn refused(&self) {
+        self.requests_refused.fetch_add(1, Relaxed);
+        publish::count("iqm_auth_requests_refused_total", None);
+    }
+
     pub(crate) fn store_error(&self) {
         self.store_errors.fetch_add(1, Relaxed);
         publish::count("iqm_auth_store_errors_total", None);
@@ -285,7 +335,24 @@ impl Counters {
             foreign_sessions_ignored: self.foreign_sessions_ignored.load(Relaxed),
             logouts: self.logouts.load(Relaxed),
             sign_ups: self.sign_ups.load(Relaxed),
+            rate_limited_for: None,
+            rate_limited: self.rate_limited.load(Relaxed),
+            requests_paced: self.requests_paced.load(Relaxed),
+            pacing_wait_total: Duration::from_nanos(self.pacing_wait_total.load(Relaxed)),
+            pacing_wait_max: Duration::from_nanos(self.pacing_wait_max.load(Relaxed)),
+            requests_refused: self.requests_refused.load(Relaxed),
+            requests_waiting: self.requests_waiting.load(Relaxed),
         }
+    }
+}
+
+/// A request counted in [`Stats::requests_waiting`] while it lives.
+#[derive(Debug)]
+pub(crate) struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -301,4 +368,12 @@ mod publish {
 
     #[cfg(not(feature = "metrics"))]
     pub(super) fn count(_name: &'static str, _label: Option<(&'static str, &'static str)>) {}
+
+    #[cfg(feature = "metrics")]
+    pub(super) fn seconds(name: &'static str, value: std::time::Duration) {
+        metrics::histogram!(name).record(value.as_secs_f64());
+    }
+
+    #[cfg(not(feature = "metrics"))]
+    pub(super) fn seconds(_name: &'static str, _value: std::time::Duration) {}
 }

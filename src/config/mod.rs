@@ -12,10 +12,12 @@ use crate::auth_api::AuthApi;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::fleet::SessionCoordinator;
+use crate::limit::{DEFAULT_RATE_LIMIT_WAIT, Rate};
 use crate::secret::Secret;
 use crate::store::{MemoryTokenStore, NewTokensHook, StoredTokens, TokenStore};
 
 mod env;
+mod rate_limit;
 mod url;
 
 pub(crate) use self::url::without_user_info;
@@ -86,6 +88,9 @@ pub struct IqmAuthBuilder {
     on_new_tokens: Option<NewTokensHook>,
     shared: Option<Arc<dyn SessionCoordinator>>,
     auth_api: Option<Arc<dyn AuthApi>>,
+    /// `None`: no pacing.
+    request_rate: Option<Rate>,
+    rate_limit_wait: Duration,
 }
 
 impl Default for IqmAuthBuilder {
@@ -116,6 +121,8 @@ impl Default for IqmAuthBuilder {
             on_new_tokens: None,
             shared: None,
             auth_api: None,
+            request_rate: None,
+            rate_limit_wait: DEFAULT_RATE_LIMIT_WAIT,
         }
     }
 }
@@ -192,8 +199,9 @@ impl IqmAuthBuilder {
         self
     }
 
-    /// How long renewals pause after IQM answers an auth call `429 Too Many Requests` without a
-    /// `Retry-After` (with one, IQM's time is waited out). Defaults to 10 s.
+    /// How long IQM's window stays closed after it answers `429 Too Many Requests` without a
+    /// `Retry-After` (with one, IQM's time is waited out): no request, API or auth call, is sent
+    /// meanwhile, and renewals pause. Defaults to 10 s.
     pub fn rate_limit_pause(mut self, pause: Duration) -> Self {
         self.rate_limit_pause = pause;
         self
@@ -379,6 +387,8 @@ impl IqmAuthBuilder {
             on_new_tokens: self.on_new_tokens,
             shared,
             auth_api: self.auth_api,
+            request_rate: self.request_rate,
+            rate_limit_wait: self.rate_limit_wait,
             http,
         })
     }
@@ -423,6 +433,10 @@ pub(crate) struct Config {
     pub(crate) shared: Option<(Arc<dyn SessionCoordinator>, String)>,
     /// The auth calls' destination when not IQM's HTTP endpoints.
     pub(crate) auth_api: Option<Arc<dyn AuthApi>>,
+    /// The pace of IQM requests, if any.
+    pub(crate) request_rate: Option<Rate>,
+    /// How long a request may wait for IQM's rate limit.
+    pub(crate) rate_limit_wait: Duration,
     pub(crate) http: reqwest::Client,
 }
 

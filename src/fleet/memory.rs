@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::line::Line;
 use super::{
-    CallAllowance, CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Publication,
-    SessionCoordinator, SharedTokens,
+    CallAllowance, CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Pace, Publication,
+    SessionCoordinator, SharedTokens, Turn,
 };
 use crate::status::LeaseState;
 use crate::store::StoredTokens;
@@ -53,6 +54,10 @@ struct MemoryScope {
     failures_in_a_row: u32,
     calls: Ledger,
     lease: Option<(String, Instant)>,
+    /// When IQM's rate-limit window opens, if a replica closed it.
+    window: Option<Instant>,
+    /// The fleet's line of turns, with a request rate.
+    line: Line,
 }
 
 /// The fleet's budget for failed auth calls: the calls of the last minute, by name, and when the
@@ -168,7 +173,7 @@ impl SessionCoordinator for MemoryCoordinator {
                     .expiring_in(left(*expires_at))
                     .obtained(now.saturating_duration_since(*obtained_at));
             }
-            shared
+            shared.rate_limited(s.window.map_or(Duration::ZERO, left))
         }))
     }
 
@@ -261,6 +266,51 @@ impl SessionCoordinator for MemoryCoordinator {
         let mut scopes = self.scopes.lock();
         if let Some(state) = scopes.get_mut(scope) {
             state.calls.refund(call, allowance);
+        }
+        Ok(())
+    }
+
+    async fn close_window(
+        &self,
+        scope: &str,
+        for_: Duration,
+    ) -> Result<Duration, CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scope_state(&mut scopes, scope);
+        let now = Instant::now();
+        let until = now.checked_add(for_).unwrap_or(now);
+        let until = state.window.filter(|end| *end > until).unwrap_or(until);
+        state.window = Some(until);
+        Ok(until.saturating_duration_since(now))
+    }
+
+    async fn take_turn(
+        &self,
+        scope: &str,
+        call: &str,
+        pace: &Pace,
+    ) -> Result<Option<Turn>, CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scope_state(&mut scopes, scope);
+        let now = Instant::now();
+        let from = state.window.filter(|end| *end > now).unwrap_or(now);
+        Ok(Some(state.line.book(call, pace, from, now)))
+    }
+
+    async fn confirm_turn(
+        &self,
+        scope: &str,
+        call: &str,
+        pace: &Pace,
+    ) -> Result<Turn, CoordinatorError> {
+        let mut scopes = self.scopes.lock();
+        let state = scope_state(&mut scopes, scope);
+        Ok(state.line.confirm(call, pace, state.window, Instant::now()))
+    }
+
+    async fn cancel_turn(&self, scope: &str, call: &str, _: &Pace) -> Result<(), CoordinatorError> {
+        if let Some(state) = self.scopes.lock().get_mut(scope) {
+            state.line.cancel(call);
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ const WAIT_SLICE: (Duration, Duration) = (Duration::from_secs(1), Duration::from
 /// The most any coordinator call may take, whatever the coordinator's own timeout: a
 /// coordinator that hangs must not hold a request. A wait for a newer set may take this much
 /// longer than its slice.
-const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
+pub(super) const COORDINATOR_CALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long the coordinator must stay out of reach before a replica that needs a token renews
 /// on its own: a stall (a fork, a failover) shorter than this costs no login.
@@ -48,7 +48,7 @@ pub(super) const UNREACHABLE_GRACE: Duration = Duration::from_secs(2);
 /// The fewest replicas a replica out of reach of the coordinator assumes it shares the budget
 /// for failed calls with: replicas that start together see each other only as they read, and
 /// one that never reached Redis has seen none.
-const ASSUMED_REPLICAS: u32 = 4;
+pub(super) const ASSUMED_REPLICAS: u32 = 4;
 
 /// How many logged-out access tokens a replica remembers.
 const ENDED_KEPT: usize = 4;
@@ -73,7 +73,7 @@ pub(crate) struct Fleet {
     /// How long the fleet's budget for failed calls last refused a call for.
     budget_spent: Mutex<Option<Duration>>,
     /// The most replicas the shared session said read it in the last hour (0: not known).
-    replicas: AtomicU32,
+    pub(super) replicas: AtomicU32,
     /// This replica's share of the fleet's budget for failed calls while the coordinator is
     /// out of reach, and the number of replicas it was cut for.
     alone: Mutex<Option<(u32, CallBudget)>>,
@@ -309,6 +309,7 @@ impl Session {
             }
             if let Some(s) = &now_shared {
                 fleet.read(s);
+                self.learn_window(s.rate_limited_for);
                 if s.foreign_key {
                     self.warn_foreign_key(fleet);
                     break Ok(None);

@@ -23,6 +23,8 @@
 //! - [`budget`]: the budget for failed auth calls, so that no fault can spend more than a set
 //!   share of IQM's rate limit.
 //! - [`renewer`]: the background renewer, which renews a token in use before it expires.
+//! - [`gate`]: IQM's rate limit, which every request and auth call passes before it is sent:
+//!   the window a 429 closes, and the turns of the request rate (the fleet's when shared).
 //! - [`fleet`]: renewals through the fleet's shared session, when one is configured, and
 //!   [`lease`]: the renewal of the replica holding the fleet's lease.
 
@@ -30,6 +32,7 @@ mod acquire;
 mod budget;
 mod fleet;
 mod flight;
+mod gate;
 mod lease;
 mod pacing;
 mod refresh;
@@ -56,6 +59,7 @@ use crate::config::Config;
 use crate::error::AuthEndpoint;
 use crate::error::{AuthError, ConfigError};
 use crate::iqm_api::IqmApi;
+use crate::limit::{Kind, Limits};
 use crate::secret::Secret;
 use crate::stats::{Counters, RenewReason, Stats};
 use crate::store::{NewTokensHook, TokenStore};
@@ -117,6 +121,8 @@ pub(crate) struct Session {
     on_new_tokens: Option<NewTokensHook>,
     /// The fleet's shared session, if one is configured.
     fleet: Option<Fleet>,
+    /// IQM's rate limit: the 429 window and the request rate.
+    limits: Limits,
     pub(crate) counters: Counters,
 }
 
@@ -132,6 +138,7 @@ impl Session {
                 config.workspace_host,
             )?),
         };
+        let limits = Limits::new(config.request_rate, config.rate_limit_wait, &config.clock);
         Ok(Self {
             api,
             email: config.email,
@@ -174,6 +181,7 @@ impl Session {
             fleet: config
                 .shared
                 .map(|(coordinator, scope)| Fleet::new(coordinator, scope)),
+            limits,
             counters: Counters::default(),
         })
     }
@@ -240,9 +248,17 @@ impl Session {
         call: impl std::future::Future<Output = Result<T, AuthError>>,
     ) -> Result<T, AuthError> {
         let after = self.policy.auth_timeout;
-        tokio::time::timeout(after, call)
+        let result = tokio::time::timeout(after, call)
             .await
-            .unwrap_or(Err(AuthError::TimedOut { endpoint, after }))
+            .unwrap_or(Err(AuthError::TimedOut { endpoint, after }));
+        if let Err(err) = &result {
+            if err.status() == Some(http::StatusCode::TOO_MANY_REQUESTS) {
+                if let Some(closed_for) = self.rate_limited(err.retry_after()) {
+                    self.share_window(closed_for).await;
+                }
+            }
+        }
+        result
     }
 
     /// `Err(LoggedOut)` once a logout has moved the epoch on from `logout_epoch`: a renewal
@@ -294,6 +310,7 @@ impl Session {
             };
             match token {
                 Some(token) => {
+                    self.admit(Kind::Auth).await?;
                     self.counters.logout();
                     let result = self
                         .call_iqm(AuthEndpoint::Logout, self.api.logout(&token.access_token))
@@ -315,6 +332,7 @@ impl Session {
         email: &str,
         password: &Secret,
     ) -> Result<TokenSet, AuthError> {
+        self.admit(Kind::Auth).await?;
         self.counters.sign_up();
         let result = self
             .call_iqm(AuthEndpoint::SignUp, self.api.sign_up(email, password))
@@ -328,6 +346,7 @@ impl Session {
 
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.counters.snapshot();
+        stats.rate_limited_for = self.rate_limited_for();
         stats.token_expires_in = self.current.load().as_deref().map(|token| {
             token
                 .deadlines

@@ -122,11 +122,14 @@ impl Session {
                 info!(%reason, "refreshed the IQM token");
                 Ok(Some(token))
             }
-            // Not sent (the budget is spent), or refused by IQM's rate limit, which a login
-            // would meet too: the token is still good, and the error goes to the callers.
+            // Not sent (the budget is spent, or IQM's rate limit holds it back), or refused by
+            // IQM's rate limit, which a login would meet too: the token is still good, and the
+            // error goes to the callers.
             Err(err)
-                if matches!(err, AuthError::CallBudgetExhausted { .. })
-                    || err.status() == Some(StatusCode::TOO_MANY_REQUESTS) =>
+                if matches!(
+                    err,
+                    AuthError::CallBudgetExhausted { .. } | AuthError::RateLimited { .. }
+                ) || err.status() == Some(StatusCode::TOO_MANY_REQUESTS) =>
             {
                 state.unmark(refresh_token);
                 Err(err)

@@ -63,11 +63,12 @@ impl Drop for DistrustFreshMarks {
 async fn renew_ahead_of_expiry(session: Weak<Session>, wake: Arc<Notify>) {
     let _on_exit = DistrustFreshMarks(session.clone());
     loop {
-        let pause = {
+        let (pause, clock) = {
             let Some(session) = session.upgrade() else {
                 return;
             };
-            match session.current() {
+            let clock = Arc::clone(&session.clock);
+            let pause = match session.current() {
                 Some(token) => {
                     let now = session.clock.now();
                     let freshness = token.deadlines.freshness(now);
@@ -92,12 +93,14 @@ async fn renew_ahead_of_expiry(session: Weak<Session>, wake: Arc<Notify>) {
                     }
                 }
                 None => None,
-            }
+            };
+            (pause, clock)
         };
         match pause {
+            // On the layer's clock, so a clock moved by hand (a test's) wakes it in time.
             Some(pause) => {
                 tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
+                    () = clock.sleep_until(clock.now() + pause) => {}
                     () = wake.notified() => {}
                 }
             }

@@ -10,6 +10,7 @@ use tracing::warn;
 
 use crate::error::{AuthEndpoint, AuthError};
 use crate::fleet::CallAllowance;
+use crate::limit::Kind;
 use crate::token::CachedToken;
 
 use super::Session;
@@ -21,7 +22,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
 /// A `Retry-After` longer than this is not waited for inside one renewal: the renewal fails,
 /// and the pacing keeps new ones from starting until IQM's time has passed.
-const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
+pub(super) const MAX_RETRY_AFTER_WAIT: Duration = Duration::from_secs(5);
 
 /// Where an auth call was taken from besides this replica's own budget.
 enum FleetCall<'a> {
@@ -38,7 +39,8 @@ impl Session {
     /// back if it yields a token, so that a call that hangs or is cut off counts as failed.
     ///
     /// Invariant: no call is sent while the budget is spent; the caller then gets
-    /// [`AuthError::CallBudgetExhausted`].
+    /// [`AuthError::CallBudgetExhausted`]. Nor while IQM's rate limit holds it back
+    /// ([`AuthError::RateLimited`]), which takes nothing from the budget.
     pub(super) async fn budgeted<Fut>(
         &self,
         endpoint: AuthEndpoint,
@@ -75,6 +77,12 @@ impl Session {
                 return spent(retry_after);
             }
         };
+        // IQM's rate limit last, so the call is sent at its turn; not sent, it takes nothing.
+        if let Err(err) = self.admit(Kind::Auth).await {
+            self.budget.lock().refund(reservation);
+            self.give_back(fleet_call).await;
+            return Err(err);
+        }
         let result = call.await;
         if result.is_ok() {
             self.budget.lock().refund(reservation);

@@ -60,7 +60,7 @@ pub struct SeenRequest {
 /// the token was issued to). Its counters count every call received, failed ones included.
 pub struct FakeIqm {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     /// The clock given to [`FakeIqm::start_with_clock`], handed on by `auth_builder`.
     clock: Option<Arc<dyn Clock>>,
     server: JoinHandle<()>,
@@ -125,6 +125,10 @@ impl FakeIqm {
             .route("/api/v3/ua/logout", post(logout))
             .route("/api/v3/ua/sign-up", post(sign_up))
             .fallback(protected_api)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                super::limits::record,
+            ))
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -339,7 +343,8 @@ impl FakeIqm {
     /// Answers the next calls to the protected API with these statuses, one each, whatever
     /// their token, before it checks tokens again: e.g. a 503 for a retry layer to retry.
     pub fn queue_api_answers(&self, statuses: impl IntoIterator<Item = u16>) {
-        self.shared.knobs.lock().api_queue.extend(statuses);
+        let answers = statuses.into_iter().map(|status| (status, None));
+        self.shared.knobs.lock().api_queue.extend(answers);
     }
 
     /// Answers requests to `path` on the protected API with `307 Temporary Redirect` to

@@ -22,6 +22,7 @@
 mod answer;
 mod clock;
 mod fake_iqm;
+mod limits;
 mod routes;
 mod server;
 
@@ -30,3 +31,4 @@ pub use clock::ManualClock;
 pub use fake_iqm::{
     CLIENT_ID, CLIENT_SECRET, EMAIL, FakeIqm, OW_ID, PASSWORD, SeenRequest, WORKSPACE_HOST,
 };
+pub use limits::Call;

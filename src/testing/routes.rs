@@ -259,9 +259,15 @@ pub(super) async fn protected_api(State(shared): State<Arc<Shared>>, request: Re
         valid_bearer,
         ow_ids: ow_ids.clone(),
     });
-    if let Some(status) = queued {
+    if let Some((status, retry_after)) = queued {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return envelope_error(status, "Simulated API failure");
+        let mut response = envelope_error(status, "Simulated API failure");
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        return response;
     }
     if let Some(location) = redirect {
         return (

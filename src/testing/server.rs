@@ -17,6 +17,7 @@ use crate::clock::Clock;
 
 use super::answer::Answer;
 use super::fake_iqm::{CLIENT_ID, CLIENT_SECRET, EMAIL, OW_ID, PASSWORD, SeenRequest};
+use super::limits::Call;
 
 #[derive(Debug)]
 pub(super) struct Knobs {
@@ -32,8 +33,11 @@ pub(super) struct Knobs {
     pub(super) refresh_queue: VecDeque<Answer>,
     pub(super) rotate_refresh_tokens: bool,
     pub(super) redirects: HashMap<String, String>,
-    pub(super) api_queue: VecDeque<u16>,
+    /// Statuses for the next API calls, each with the `Retry-After` seconds to send, if any.
+    pub(super) api_queue: VecDeque<(u16, Option<u64>)>,
     pub(super) rate_limit: Option<u32>,
+    /// The window the rate limit counts calls over.
+    pub(super) rate_limit_window: Duration,
 }
 
 impl Default for Knobs {
@@ -53,6 +57,7 @@ impl Default for Knobs {
             redirects: HashMap::new(),
             api_queue: VecDeque::new(),
             rate_limit: None,
+            rate_limit_window: Duration::from_secs(60),
         }
     }
 }
@@ -106,6 +111,8 @@ pub(super) struct Shared {
     pub(super) users: Mutex<HashMap<String, String>>,
     /// When each login or refresh call that got no usable token set arrived.
     pub(super) failed_auth_arrivals: Mutex<Vec<Instant>>,
+    /// Every call received, in the order they were answered.
+    pub(super) calls: Mutex<Vec<Call>>,
 }
 
 /// The shape of a token answer: each endpoint answers its own.
@@ -143,6 +150,7 @@ impl Shared {
             )])),
             users: Mutex::new(HashMap::from([(EMAIL.to_owned(), PASSWORD.to_owned())])),
             failed_auth_arrivals: Mutex::default(),
+            calls: Mutex::default(),
         }
     }
 
@@ -174,13 +182,15 @@ impl Shared {
 
     /// Admits a call under the rate limit, or answers it 429.
     pub(super) fn rate_limit(&self) -> Option<Response> {
-        const MINUTE: Duration = Duration::from_secs(60);
-        let limit = self.knobs.lock().rate_limit?;
+        let (limit, window) = {
+            let knobs = self.knobs.lock();
+            (knobs.rate_limit?, knobs.rate_limit_window)
+        };
         let now = self.clock.now();
         let mut admitted = self.admitted.lock();
         while admitted
             .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= MINUTE)
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
         {
             admitted.pop_front();
         }
@@ -190,7 +200,7 @@ impl Shared {
         }
         self.counters.rate_limited.fetch_add(1, SeqCst);
         let free_in = admitted.front().map_or(Duration::ZERO, |oldest| {
-            MINUTE - now.duration_since(*oldest)
+            window.saturating_sub(now.duration_since(*oldest))
         });
         let seconds = free_in.as_secs() + u64::from(free_in.subsec_nanos() > 0);
         let mut response = envelope_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");

@@ -356,10 +356,12 @@ async fn a_lost_refresh_answer_with_login_down_never_presents_the_token_again() 
 async fn a_401_while_renewals_are_paused_leaves_the_valid_token_in_use() {
     let (h, clock) = Harness::with_manual_clock(false).await;
     assert_eq!(h.get("/x").await.unwrap(), 200);
-    h.iqm.set_refresh_answer(Answer::StatusRetryAfter(429, 60));
+    // Refused credentials pause renewals (a 429 would hold back the API requests too).
+    h.iqm.set_refresh_answer(Answer::Status(400));
+    h.iqm.set_login_answer(Answer::Status(403));
     assert!(
         h.auth.renew().await.is_err(),
-        "renewals now paused for 60 s"
+        "renewals now paused for the cool-down, 30 s"
     );
 
     // One 401 (an endpoint's, not a revocation) while renewals are paused.
@@ -372,7 +374,7 @@ async fn a_401_while_renewals_are_paused_leaves_the_valid_token_in_use() {
         clock.advance(Duration::from_secs(1));
     }
     assert!(outcomes.iter().all(|o| *o == Ok(200)), "{outcomes:?}");
-    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (1, 1));
+    assert_eq!((h.iqm.logins(), h.iqm.refreshes()), (2, 1));
 }
 
 /// A token refused whose renewal failed is trusted again, at no further auth call.

@@ -10,6 +10,7 @@ mod fleet;
 mod hardening;
 mod interleavings;
 mod login;
+mod rate_limit;
 mod renewal;
 mod secrets;
 mod stats;

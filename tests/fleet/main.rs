@@ -4,6 +4,7 @@
 mod accounts;
 mod faults;
 mod keys;
+mod pacing;
 mod redis_server;
 mod replica;
 mod rollout;

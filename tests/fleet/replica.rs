@@ -10,8 +10,9 @@
 //! The variables: `FLEET_BASE_URL`, `FLEET_REDIS_URL`, `FLEET_STEPS`; optionally
 //! `FLEET_NAMESPACE`, `FLEET_LEASE_TTL_MS`, `FLEET_EMAIL` and `FLEET_PASSWORD` (another user
 //! than the fake's), `FLEET_CLIENT_ID` and `FLEET_CLIENT_SECRET` (another client),
-//! `FLEET_KEYS` (encryption keys as hex, comma-separated, the first sealing) and
-//! `FLEET_TOKEN_STORE` (the path of a file token store). A replica with a wall clock offset
+//! `FLEET_KEYS` (encryption keys as hex, comma-separated, the first sealing),
+//! `FLEET_TOKEN_STORE` (the path of a file token store), `FLEET_REQUEST_RATE` (`CALLS/MS`: a
+//! request rate of CALLS per MS milliseconds) and `FLEET_RATE_LIMIT_WAIT_MS`. A replica with a wall clock offset
 //! runs under libfaketime (`LD_PRELOAD`, `FAKETIME`, monotonic time left alone).
 
 use std::io::{BufRead, Write};
@@ -49,6 +50,10 @@ pub struct ReplicaConfig {
     /// Where Redis is when it is not one server: `FLEET_CLUSTER_URLS` or
     /// `FLEET_SENTINEL_URLS` and `FLEET_SENTINEL_MASTER` (see `topologies.rs`).
     pub topology_env: Vec<(&'static str, String)>,
+    /// A request rate: (calls, per milliseconds).
+    pub request_rate: Option<(u32, u64)>,
+    /// How long a request may wait for IQM's rate limit, in milliseconds.
+    pub rate_limit_wait_ms: Option<u64>,
 }
 
 impl ReplicaConfig {
@@ -91,6 +96,14 @@ pub struct Report {
     pub outage_warnings: usize,
     /// How many warnings the replica logged.
     pub warnings: usize,
+    /// 429s the replica was answered (`stats().rate_limited`).
+    pub rate_limited: u64,
+    /// Requests that waited for IQM's rate limit (`stats().requests_paced`).
+    pub paced: u64,
+    /// Requests refused unsent (`stats().requests_refused`).
+    pub refused: u64,
+    /// How often the replica logged that it paces alone.
+    pub pacing_alone_warnings: usize,
 }
 
 /// The path of libfaketime's library, if it is installed; on CI it must be.
@@ -168,6 +181,12 @@ impl Replica {
                 .env("FAKETIME_NO_CACHE", "1");
         }
         command.envs(config.topology_env.iter().map(|(k, v)| (k, v)));
+        if let Some((calls, per_ms)) = config.request_rate {
+            command.env("FLEET_REQUEST_RATE", format!("{calls}/{per_ms}"));
+        }
+        if let Some(wait) = config.rate_limit_wait_ms {
+            command.env("FLEET_RATE_LIMIT_WAIT_MS", wait.to_string());
+        }
         let mut child = command.spawn().expect("replica process starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
@@ -225,6 +244,9 @@ impl Replica {
             .matches("the shared IQM session is unavailable; waiting for it")
             .count();
         report.warnings = stderr.lines().filter(|l| l.contains(" WARN ")).count();
+        report.pacing_alone_warnings = stderr
+            .matches("pacing this replica's requests alone")
+            .count();
         report
     }
 
@@ -255,6 +277,9 @@ fn parse(line: &str) -> Report {
             "unauthorized" => report.unauthorized = value,
             "wall_ms" => report.wall_ms = value,
             "alone" => report.renewed_alone = value,
+            "rate_limited" => report.rate_limited = value,
+            "paced" => report.paced = value,
+            "refused" => report.refused = value,
             _ => {}
         }
     }
@@ -351,6 +376,16 @@ pub fn run() {
     if let Some(path) = var("FLEET_TOKEN_STORE") {
         builder = builder.token_store(Arc::new(iqm_auth::FileTokenStore::new(path)));
     }
+    if let Some(rate) = var("FLEET_REQUEST_RATE") {
+        let (calls, per_ms) = rate.split_once('/').expect("CALLS/MS");
+        builder = builder.request_rate_per(
+            calls.parse().expect("calls"),
+            Duration::from_millis(per_ms.parse().expect("ms")),
+        );
+    }
+    if let Some(wait) = var("FLEET_RATE_LIMIT_WAIT_MS") {
+        builder = builder.rate_limit_wait(Duration::from_millis(wait.parse().expect("ms")));
+    }
     let auth = builder.build().expect("layer");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let unauthorized = Arc::new(AtomicU64::new(0));
@@ -438,7 +473,7 @@ pub fn run() {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     println!(
-        "FLEET result ok={ok} failed={failed} logins={} refreshes={} adoptions={} shared_errors={} unreadable={} alone={} foreign={foreign} unauthorized={} wall_ms={wall_ms}",
+        "FLEET result ok={ok} failed={failed} logins={} refreshes={} adoptions={} shared_errors={} unreadable={} alone={} foreign={foreign} unauthorized={} wall_ms={wall_ms} rate_limited={} paced={} refused={}",
         stats.logins,
         stats.refreshes,
         stats.shared_adoptions,
@@ -446,5 +481,8 @@ pub fn run() {
         stats.shared_unreadable,
         stats.renewed_alone,
         unauthorized.load(Ordering::Relaxed),
+        stats.rate_limited,
+        stats.requests_paced,
+        stats.requests_refused,
     );
 }

@@ -72,6 +72,8 @@ struct Scope {
     /// The replicas that read the session, and when they last did.
     readers: BTreeMap<usize, Instant>,
     lease: Option<(String, Instant)>,
+    /// When IQM's rate-limit window, closed by a replica answered 429, opens.
+    window: Option<Instant>,
 }
 
 impl Scope {
@@ -332,6 +334,8 @@ impl SessionCoordinator for SimCoordinator {
                             s.failures_in_a_row,
                             s.epoch.clone(),
                             replicas,
+                            s.window
+                                .map_or(Duration::ZERO, |end| end.saturating_duration_since(now)),
                         ),
                     )
                 })
@@ -339,7 +343,10 @@ impl SessionCoordinator for SimCoordinator {
             .await?;
         let sim = &self.redis.sim;
         Ok(shared.map(
-            |Shown((generation, _, refreshing, pause), (tokens, in_a_row, epoch, replicas))| {
+            |Shown(
+                (generation, _, refreshing, pause),
+                (tokens, in_a_row, epoch, replicas, window),
+            )| {
                 if refreshing {
                     sim.cover("redis read: set marked refreshing");
                 }
@@ -355,13 +362,31 @@ impl SessionCoordinator for SimCoordinator {
                     .in_epoch(epoch)
                     .paused(pause)
                     .with_failures(in_a_row)
-                    .with_replicas(replicas);
+                    .with_replicas(replicas)
+                    .rate_limited(window);
                 match lifetimes {
                     Some((left, ago)) => shared.expiring_in(left).obtained(ago),
                     None => shared,
                 }
             },
         ))
+    }
+
+    async fn close_window(
+        &self,
+        scope: &str,
+        for_: Duration,
+    ) -> Result<Duration, CoordinatorError> {
+        self.command("close_window", |s, now| {
+            let state = s.scope(scope);
+            let until = state
+                .window
+                .filter(|end| *end > now + for_)
+                .unwrap_or(now + for_);
+            state.window = Some(until);
+            until.saturating_duration_since(now)
+        })
+        .await
     }
 
     async fn try_lease(&self, scope: &str, lease: &Lease) -> Result<bool, CoordinatorError> {

@@ -18,7 +18,10 @@
 //! - `replicas`: the names of the replicas that read the session in the last hour, by Redis
 //!   time: how many share the account's budget when Redis is out of reach;
 //! - `calls` (a sorted set of the auth calls of the last minute not given back, by Redis time)
-//!   and `calls_full_at`: the fleet's budget for failed auth calls.
+//!   and `calls_full_at`: the fleet's budget for failed auth calls;
+//! - `window`: when IQM's rate-limit window opens after a 429 (Redis time), expiring after;
+//! - `turns`: with a request rate, the fleet's line of turns (a sorted set of calls by the
+//!   Redis time of their turn), kept for one interval after a turn has come.
 //!
 //! Key names hold no secret: the scope is the account's fingerprint (a keyed hash), after the
 //! namespace the user chose if any.
@@ -27,6 +30,7 @@ mod builder;
 mod connection;
 mod inspect;
 mod scripts;
+mod turns;
 
 pub use self::builder::RedisSessionBuilder;
 
@@ -43,7 +47,8 @@ use self::connection::Connection;
 use self::scripts::Scripts;
 use super::seal::Sealer;
 use super::{
-    CallAllowance, CoordinatorError, Failure, Lease, Publication, SessionCoordinator, SharedTokens,
+    CallAllowance, CoordinatorError, Failure, Lease, Pace, Publication, SessionCoordinator,
+    SharedTokens, Turn,
 };
 use crate::status::LeaseState;
 
@@ -115,6 +120,11 @@ impl RedisSession {
     }
 }
 
+/// A duration in whole milliseconds, cut at `u32::MAX`.
+fn millis(duration: Duration) -> String {
+    duration.as_millis().min(u128::from(u32::MAX)).to_string()
+}
+
 fn key_name(scope: &str, key: &str) -> String {
     format!("iqm-auth:{{{scope}}}:{key}")
 }
@@ -142,12 +152,13 @@ impl SessionCoordinator for RedisSession {
             String,
             String,
             String,
+            String,
         );
         let fields: Option<Fields> = self
             .run(
                 &self.inner.scripts.read,
                 scope,
-                &["session", "replicas"],
+                &["session", "replicas", "window"],
                 &[super::process_name().as_bytes()],
             )
             .await?;
@@ -162,6 +173,7 @@ impl SessionCoordinator for RedisSession {
             epoch,
             replicas,
             published,
+            closed,
             redis_now,
         )) = fields
         else {
@@ -197,7 +209,8 @@ impl SessionCoordinator for RedisSession {
                 .in_epoch(epoch)
                 .paused(paused)
                 .with_failures(failures.parse().unwrap_or(0))
-                .with_replicas(replicas.parse().unwrap_or(0)),
+                .with_replicas(replicas.parse().unwrap_or(0))
+                .rate_limited(Duration::from_millis(closed.parse().unwrap_or(0))),
         ))
     }
 
@@ -345,6 +358,59 @@ impl SessionCoordinator for RedisSession {
                 scope,
                 &["calls", "calls_full_at"],
                 &[call.as_bytes(), allowance.per_minute.to_string().as_bytes()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn close_window(
+        &self,
+        scope: &str,
+        for_: Duration,
+    ) -> Result<Duration, CoordinatorError> {
+        let closed: String = self
+            .run(
+                &self.inner.scripts.close_window,
+                scope,
+                &["window"],
+                &[millis(for_).as_bytes()],
+            )
+            .await?;
+        Ok(Duration::from_millis(closed.parse().unwrap_or(0)))
+    }
+
+    async fn take_turn(
+        &self,
+        scope: &str,
+        call: &str,
+        pace: &Pace,
+    ) -> Result<Option<Turn>, CoordinatorError> {
+        let script = &self.inner.scripts.take_turn;
+        turns::turn(self, script, scope, call, pace).await.map(Some)
+    }
+
+    async fn confirm_turn(
+        &self,
+        scope: &str,
+        call: &str,
+        pace: &Pace,
+    ) -> Result<Turn, CoordinatorError> {
+        let script = &self.inner.scripts.confirm_turn;
+        turns::turn(self, script, scope, call, pace).await
+    }
+
+    async fn cancel_turn(
+        &self,
+        scope: &str,
+        call: &str,
+        pace: &Pace,
+    ) -> Result<(), CoordinatorError> {
+        let _: i64 = self
+            .run(
+                &self.inner.scripts.cancel_turn,
+                scope,
+                &["turns"],
+                &[turns::member(call, pace).as_bytes()],
             )
             .await?;
         Ok(())

@@ -25,6 +25,10 @@ local function writable(key)
   if k ~= 'hash' and k ~= 'none' then redis.call('DEL', key) end
 end
 local function ms(n) return string.format('%.0f', n) end
+-- When IQM's rate-limit window opens (Redis time, ms); 0 if it was never closed.
+local function window_end(key)
+  return tonumber(redis.call('GET', key)) or 0
+end
 -- A session made by this write gets an epoch: the writer's name and Redis's time, unique.
 local function epoch_of(key, writer)
   local e = false
@@ -35,9 +39,10 @@ end
 
 /// The shared session, or nothing: generation, sealed set, refreshing mark, pause left (ms),
 /// expiry left (ms, -1 if unknown), the sealing key's id, failures in a row, the epoch, how
-/// many replicas read it in the last hour (KEYS[2], by name: ARGV[1]; this one included), and
-/// how long ago the set was published (ms, -1 if unknown), and Redis's clock (ms). Registering
-/// the reader is best effort: a Redis that refuses writes still answers the read.
+/// many replicas read it in the last hour (KEYS[2], by name: ARGV[1]; this one included), how
+/// long ago the set was obtained (ms, -1 if unknown), how long IQM's window stays closed
+/// (KEYS[3], ms), and Redis's clock (ms). Registering the reader is best effort: a Redis that
+/// refuses writes still answers the read.
 const READ: &str = r"
 local now = now_ms()
 local rk = kind(KEYS[2])
@@ -48,9 +53,12 @@ redis.pcall('PEXPIRE', KEYS[2], 3600000)
 local counted = redis.pcall('ZCARD', KEYS[2])
 local replicas = '0'
 if type(counted) == 'number' then replicas = tostring(counted) end
+local closed = ms(math.max(0, window_end(KEYS[3]) - now))
 local k = kind(KEYS[1])
 if k == 'none' then return false end
-if k ~= 'hash' then return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas, '-1', ms(now)} end
+if k ~= 'hash' then
+  return {'0', 'foreign', '', '0', '-1', '', '0', '', replicas, '-1', closed, ms(now)}
+end
 local f = redis.call('HMGET', KEYS[1], 'gen', 'set', 'refreshing', 'paused_until',
   'expires_at', 'key', 'failures', 'epoch', 'obtained_at')
 local paused = 0
@@ -60,7 +68,7 @@ if tonumber(f[5]) then expires = math.max(0, tonumber(f[5]) - now) end
 local published = -1
 if tonumber(f[9]) then published = math.max(0, now - tonumber(f[9])) end
 return {f[1] or '0', f[2] or '', f[3] or '', ms(paused), ms(expires), f[6] or '',
-  f[7] or '0', f[8] or '', replicas, ms(published), ms(now)}
+  f[7] or '0', f[8] or '', replicas, ms(published), closed, ms(now)}
 ";
 
 /// The shared generation alone: what a waiting replica polls.
@@ -163,6 +171,104 @@ redis.call('PEXPIRE', KEYS[1], 120000)
 return '0'
 ";
 
+/// Closes IQM's rate-limit window (KEYS[1]) for ARGV[1] ms from now, unless it is closed
+/// longer; returns how long it stays closed (ms).
+const CLOSE_WINDOW: &str = r"
+local now = now_ms()
+local until_ = math.max(now + tonumber(ARGV[1]), window_end(KEYS[1]))
+redis.call('SET', KEYS[1], ms(until_), 'PX', ms(until_ - now + 60000))
+return ms(until_ - now)
+";
+
+/// The fleet's line of turns (KEYS[1], a sorted set of names by the Redis time of their turn,
+/// in microseconds; an auth call's name starts with `a|`) and IQM's window (KEYS[2]). `book`
+/// gives `member` the first turn at or after `from` at least one interval from the others (for
+/// an auth call, from the turns already come and other auth calls': the API requests' turns not
+/// yet come move back as little as it takes); it is refused, and holds no turn, if that is
+/// later than `max_wait`. Returns the wait (µs), or `r` and the wait when refused.
+const LINE: &str = r"
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function first_free(taken, from, interval)
+  local slot = from
+  for _, at in ipairs(taken) do
+    if at + interval <= slot then
+    elseif at >= slot + interval then break
+    else slot = at + interval end
+  end
+  return slot
+end
+local function insert_sorted(taken, at)
+  local place = #taken + 1
+  for i, t in ipairs(taken) do
+    if t > at then place = i break end
+  end
+  table.insert(taken, place, at)
+end
+local function book(key, member, from, now, interval, max_wait, auth)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ms(now - interval))
+  local list = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local taken, pending = {}, {}
+  for i = 1, #list, 2 do
+    local m, at = list[i], tonumber(list[i + 1])
+    if m ~= member then
+      if auth and at > now and string.sub(m, 1, 2) ~= 'a|' then
+        table.insert(pending, {m, at})
+      else
+        table.insert(taken, at)
+      end
+    end
+  end
+  local slot = first_free(taken, math.max(from, now), interval)
+  if slot - now > max_wait then
+    redis.call('ZREM', key, member)
+    return 'r' .. ms(slot - now)
+  end
+  redis.call('ZADD', key, ms(slot), member)
+  insert_sorted(taken, slot)
+  for _, p in ipairs(pending) do
+    local moved = first_free(taken, p[2], interval)
+    if moved ~= p[2] then redis.call('ZADD', key, ms(moved), p[1]) end
+    insert_sorted(taken, moved)
+  end
+  redis.call('PEXPIRE', key, ms((math.max(max_wait, interval) + slot - now) / 1000 + 60000))
+  return ms(slot - now)
+end
+";
+
+/// Takes a turn (ARGV: the member, interval µs, max wait µs, `1` for an auth call).
+const TAKE_TURN: &str = r"
+local now = now_us()
+return book(KEYS[1], ARGV[1], window_end(KEYS[2]) * 1000, now, tonumber(ARGV[2]),
+  tonumber(ARGV[3]), ARGV[4] == '1')
+";
+
+/// Confirms a turn when it comes (ARGV as `TAKE_TURN`, the max wait being the time left): `0`
+/// to go; the wait if it moved back; booked anew past the window if IQM's window closed over it
+/// since, or if it was lost.
+const CONFIRM_TURN: &str = r"
+local now = now_us()
+local interval, max_wait = tonumber(ARGV[2]), tonumber(ARGV[3])
+local at = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+local closed = window_end(KEYS[2]) * 1000
+if at == nil or (closed > now and at < closed) then
+  return book(KEYS[1], ARGV[1], closed, now, interval, max_wait, ARGV[4] == '1')
+end
+if at <= now then return '0' end
+if at - now > max_wait then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 'r' .. ms(at - now)
+end
+return ms(at - now)
+";
+
+/// Gives up a turn (ARGV: the member).
+const CANCEL_TURN: &str = r"
+return redis.call('ZREM', KEYS[1], ARGV[1])
+";
+
 /// Gives back a call that yielded a token (ARGV: its name, calls a minute).
 const REFUND_CALL: &str = r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
@@ -201,6 +307,10 @@ pub(super) struct Scripts {
     pub(super) refund_call: Script,
     pub(super) release: Script,
     pub(super) clear: Script,
+    pub(super) close_window: Script,
+    pub(super) take_turn: Script,
+    pub(super) confirm_turn: Script,
+    pub(super) cancel_turn: Script,
 }
 
 impl Scripts {
@@ -217,6 +327,10 @@ impl Scripts {
             refund_call: with_prelude(REFUND_CALL),
             release: Script::new(RELEASE),
             clear: with_prelude(CLEAR),
+            close_window: with_prelude(CLOSE_WINDOW),
+            take_turn: Script::new(&format!("{PRELUDE}{LINE}{TAKE_TURN}")),
+            confirm_turn: Script::new(&format!("{PRELUDE}{LINE}{CONFIRM_TURN}")),
+            cancel_turn: Script::new(CANCEL_TURN),
         }
     }
 }
