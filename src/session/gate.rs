@@ -19,7 +19,8 @@ use crate::fleet::{Pace, SessionCoordinator, Turn, unique_name};
 use crate::limit::{Kind, Rate};
 
 use super::Session;
-use super::fleet::{ASSUMED_REPLICAS, Fleet, UNREACHABLE_GRACE};
+use super::fleet::UNREACHABLE_GRACE;
+use super::fleet_state::{ASSUMED_REPLICAS, Fleet};
 use super::pacing::MAX_RETRY_AFTER;
 use super::retry::MAX_RETRY_AFTER_WAIT;
 

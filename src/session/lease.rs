@@ -14,7 +14,7 @@ use crate::token::{CachedToken, Freshness, SHARED_UNKNOWN};
 
 use super::Session;
 use super::acquire::Source;
-use super::fleet::Fleet;
+use super::fleet_state::Fleet;
 use super::pacing::fleet_pause;
 
 /// How a renewal under the lease ended.

@@ -26,11 +26,13 @@
 //! - [`gate`]: IQM's rate limit, which every request and auth call passes before it is sent:
 //!   the window a 429 closes, and the turns of the request rate (the fleet's when shared).
 //! - [`fleet`]: renewals through the fleet's shared session, when one is configured, and
-//!   [`lease`]: the renewal of the replica holding the fleet's lease.
+//!   [`lease`]: the renewal of the replica holding the fleet's lease, and [`fleet_state`]: what
+//!   a replica keeps of the fleet.
 
 mod acquire;
 mod budget;
 mod fleet;
+mod fleet_state;
 mod flight;
 mod gate;
 mod lease;
@@ -66,7 +68,7 @@ use crate::store::{NewTokensHook, TokenStore};
 use crate::token::{CachedToken, Freshness, TokenSet};
 
 use budget::CallBudget;
-use fleet::Fleet;
+use fleet_state::Fleet;
 use flight::RenewalSlot;
 
 /// How renewals are paced and retried (from the builder).

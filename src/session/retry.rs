@@ -15,7 +15,7 @@ use crate::token::CachedToken;
 
 use super::Session;
 use super::budget::Reservation;
-use super::fleet::Fleet;
+use super::fleet_state::Fleet;
 
 /// The first backoff between tries of one auth call; it doubles with each try, with jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
