@@ -20,6 +20,7 @@ mod env;
 mod rate_limit;
 mod url;
 
+#[cfg(any(feature = "redis", test))]
 pub(crate) use self::url::without_user_info;
 use self::url::{RawBaseUrl, parse_base_url};
 
