@@ -1,6 +1,6 @@
 //! [`MemoryCoordinator`]: the shared session's protocol in one process, for tests.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,11 +11,9 @@ use super::{
     CallAllowance, CoordinatorError, DEFAULT_LEASE_TTL, Failure, Lease, Pace, Publication,
     SessionCoordinator, SharedTokens, Turn,
 };
+use crate::session::{CallBudget, Reservation};
 use crate::status::LeaseState;
 use crate::store::StoredTokens;
-
-/// How long a failed auth call counts against the fleet's budget.
-const FAILED_CALL_MEMORY: Duration = Duration::from_secs(60);
 
 /// A [`SessionCoordinator`] in memory: layers in one process that share it share one session.
 /// For tests of code that runs with a shared session; across processes use
@@ -60,46 +58,50 @@ struct MemoryScope {
     line: Line,
 }
 
-/// The fleet's budget for failed auth calls: the calls of the last minute, by name, and when the
-/// burst is full again (the cell rate algorithm's "theoretical arrival time").
+/// The fleet's budget for failed auth calls: the session's own [`CallBudget`] (cut for the
+/// allowance it was first asked with, anew if that changes), and the reservation of each call
+/// by name, to give back.
 #[derive(Debug, Default)]
 struct Ledger {
-    recent: VecDeque<(String, Instant)>,
-    full_at: Option<Instant>,
+    budget: Option<(CallAllowance, CallBudget)>,
+    taken: HashMap<String, Reservation>,
 }
 
 impl Ledger {
-    fn reserve(&mut self, call: &str, allowance: CallAllowance, now: Instant) -> Option<Duration> {
-        let per_minute = allowance.per_minute.max(1);
-        let interval = FAILED_CALL_MEMORY / per_minute;
-        self.recent
-            .retain(|(_, at)| now.saturating_duration_since(*at) < FAILED_CALL_MEMORY);
-        let mut wait = Duration::ZERO;
-        if self.recent.len() >= per_minute as usize {
-            if let Some((_, oldest)) = self.recent.front() {
-                wait = (*oldest + FAILED_CALL_MEMORY).saturating_duration_since(now);
-            }
+    fn budget(&mut self, allowance: CallAllowance) -> &mut CallBudget {
+        if self
+            .budget
+            .as_ref()
+            .is_none_or(|(cut_for, _)| *cut_for != allowance)
+        {
+            self.taken.clear();
+            self.budget = None;
         }
-        let full_at = self.full_at.filter(|at| *at > now).unwrap_or(now);
-        let tolerance = interval * (allowance.burst.max(1) - 1);
-        wait = wait.max(
-            full_at
-                .saturating_duration_since(now)
-                .saturating_sub(tolerance),
-        );
-        if !wait.is_zero() {
+        let (_, budget) = self.budget.get_or_insert_with(|| {
+            (
+                allowance,
+                CallBudget::new(allowance.per_minute, allowance.burst),
+            )
+        });
+        budget
+    }
+
+    fn reserve(&mut self, call: &str, allowance: CallAllowance, now: Instant) -> Option<Duration> {
+        if self.taken.contains_key(call) {
+            return None;
+        }
+        let budget = self.budget(allowance);
+        if let Some(wait) = budget.wait_at(now) {
             return Some(wait);
         }
-        self.full_at = Some(full_at + interval);
-        self.recent.push_back((call.to_owned(), now));
+        let reservation = budget.reserve(now);
+        self.taken.insert(call.to_owned(), reservation);
         None
     }
 
     fn refund(&mut self, call: &str, allowance: CallAllowance) {
-        if let Some(at) = self.recent.iter().position(|(name, _)| name == call) {
-            self.recent.remove(at);
-            let interval = FAILED_CALL_MEMORY / allowance.per_minute.max(1);
-            self.full_at = self.full_at.and_then(|at| at.checked_sub(interval));
+        if let Some(reservation) = self.taken.remove(call) {
+            self.budget(allowance).refund(reservation);
         }
     }
 }
@@ -347,5 +349,28 @@ impl SessionCoordinator for MemoryCoordinator {
                 _ => LeaseState::Free,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_budget_takes_a_burst_gives_back_by_name_and_counts_a_retry_once() {
+        let allowance = CallAllowance::new(10, 3);
+        let now = Instant::now();
+        let mut ledger = Ledger::default();
+        for call in ["a", "b", "c"] {
+            assert_eq!(ledger.reserve(call, allowance, now), None);
+        }
+        assert_eq!(ledger.reserve("c", allowance, now), None, "a retry of c");
+        assert!(
+            ledger.reserve("d", allowance, now).is_some(),
+            "burst of 3 spent"
+        );
+        ledger.refund("b", allowance);
+        assert_eq!(ledger.reserve("d", allowance, now), None);
+        assert!(ledger.reserve("e", allowance, now).is_some());
     }
 }

@@ -14,7 +14,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// the budget refills at `per_minute` a minute. A token bucket alone would allow
 /// `burst + per_minute` in a minute, so the calls of the last minute are kept too.
 #[derive(Debug, Clone)]
-pub(super) struct CallBudget {
+pub(crate) struct CallBudget {
     per_minute: u32,
     burst: u32,
     /// When the bucket is full again ("theoretical arrival time" of the cell rate algorithm):
@@ -26,7 +26,7 @@ pub(super) struct CallBudget {
 
 impl CallBudget {
     /// A full budget; `per_minute` and `burst` are at least 1.
-    pub(super) fn new(per_minute: u32, burst: u32) -> Self {
+    pub(crate) fn new(per_minute: u32, burst: u32) -> Self {
         Self {
             per_minute: per_minute.max(1),
             burst: burst.max(1),
@@ -40,7 +40,7 @@ impl CallBudget {
     }
 
     /// `None` if a call may be sent at `now`; otherwise how long until one may.
-    pub(super) fn wait_at(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn wait_at(&self, now: Instant) -> Option<Duration> {
         let tolerance = self.interval() * (self.burst - 1);
         let bucket = self
             .full_at
@@ -71,13 +71,13 @@ impl CallBudget {
 
     /// Takes one call at `now` from the budget, before it is sent; give it back with
     /// [`refund`](Self::refund) if it succeeds.
-    pub(super) fn reserve(&mut self, now: Instant) -> Reservation {
+    pub(crate) fn reserve(&mut self, now: Instant) -> Reservation {
         self.charge(now);
         Reservation(now)
     }
 
     /// Gives back a reserved call that yielded a usable token.
-    pub(super) fn refund(&mut self, reservation: Reservation) {
+    pub(crate) fn refund(&mut self, reservation: Reservation) {
         if let Some(at) = self.recent.iter().rposition(|t| *t == reservation.0) {
             self.recent.remove(at);
         }
@@ -108,7 +108,7 @@ impl CallBudget {
 /// A call taken from the budget before it was sent.
 #[derive(Debug)]
 #[must_use = "a reservation is kept, as a failed call, unless it is refunded"]
-pub(super) struct Reservation(Instant);
+pub(crate) struct Reservation(Instant);
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,8 @@
 
 mod acquire;
 mod budget;
+
+pub(crate) use budget::{CallBudget, Reservation};
 mod fleet;
 mod fleet_state;
 mod flight;
@@ -67,7 +69,6 @@ use crate::stats::{Counters, RenewReason, Stats};
 use crate::store::{NewTokensHook, TokenStore};
 use crate::token::{CachedToken, Freshness, TokenSet};
 
-use budget::CallBudget;
 use fleet_state::Fleet;
 use flight::RenewalSlot;
 
